@@ -1,0 +1,117 @@
+"""Stage `evaluate`: test-set ELBO, importance-weighted NLL, latent quality; a DVC metrics file."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+from scipy.special import logsumexp
+from sklearn.neighbors import KNeighborsClassifier
+
+from pipeline import data, tracking
+from pipeline.model import kl_divergence, load_vae, reconstruction_loss
+from pipeline.params import flatten, load_params
+from pipeline.prepare import PREPARED
+from pipeline.train import MODEL
+
+METRICS = Path("metrics/evaluate.json")
+LOG_2PI = math.log(2 * math.pi)
+
+
+def encode(encoder: keras.Model, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Latent means and log-variances, `(n, latent_dim)` each."""
+    mu, logvar = encoder.predict(x, batch_size=batch_size, verbose=0)
+    return mu, logvar
+
+
+def elbo_parts(
+    decoder: keras.Model, x: np.ndarray, mu: np.ndarray, logvar: np.ndarray, *, rng: np.random.Generator, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image reconstruction loss (one sampled z) and analytic KL, in nats."""
+    z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=np.float32)
+    logits = decoder.predict(z, batch_size=batch_size, verbose=0)
+    return ops.convert_to_numpy(reconstruction_loss(x, logits)), ops.convert_to_numpy(kl_divergence(mu, logvar))
+
+
+def importance_weighted_nll(
+    decoder: keras.Model, x: np.ndarray, mu: np.ndarray, logvar: np.ndarray, *, k: int, rng: np.random.Generator, batch_size: int
+) -> np.ndarray:
+    """Per-image -log (1/k) sum_i p(x, z_i) / q(z_i | x): an upper bound on -log p(x) (Burda et al.)."""
+    bounds = []
+    per_chunk = max(1, batch_size // k)
+    for start in range(0, len(x), per_chunk):
+        xs, m, lv = x[start : start + per_chunk], mu[start : start + per_chunk], logvar[start : start + per_chunk]
+        eps = rng.standard_normal((k, *m.shape), dtype=np.float32)  # (k, b, latent)
+        z = m + np.exp(0.5 * lv) * eps
+        logits = decoder.predict(z.reshape(-1, m.shape[1]), batch_size=batch_size, verbose=0)
+        x_rep = np.broadcast_to(xs, (k, *xs.shape)).reshape(-1, *xs.shape[1:])
+        log_px_z = -ops.convert_to_numpy(reconstruction_loss(x_rep, logits)).reshape(k, -1)
+        log_pz = -0.5 * np.sum(z**2 + LOG_2PI, axis=-1)
+        log_qz = -0.5 * np.sum(eps**2 + lv + LOG_2PI, axis=-1)
+        bounds.append(-(logsumexp(log_px_z + log_pz - log_qz, axis=0) - math.log(k)))
+    return np.concatenate(bounds)
+
+
+def active_units(mu: np.ndarray, threshold: float) -> int:
+    """Latent dims whose posterior mean varies across images: Var_x(E[z_u | x]) > threshold."""
+    return int(np.sum(np.var(mu, axis=0) > threshold))
+
+
+def knn_accuracy(
+    train_mu: np.ndarray, train_labels: np.ndarray, test_mu: np.ndarray, test_labels: np.ndarray, *, k: int
+) -> float:
+    """Accuracy of a k-NN classifier of class labels from latent means."""
+    classifier = KNeighborsClassifier(n_neighbors=k).fit(train_mu, train_labels)
+    return float(classifier.score(test_mu, test_labels))
+
+
+def class_key(name: str) -> str:
+    """`"T-shirt/top"` -> `"t_shirt_top"`: a metric key without path separators."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def main() -> None:
+    params = load_params()
+    config = params.evaluate
+    splits = data.load_prepared(PREPARED)
+    vae = load_vae(MODEL)
+    x_test, y_test = data.to_model_input(splits["test"].images), splits["test"].labels
+    x_train = data.to_model_input(splits["train"].images)
+    rng = np.random.default_rng(params.base.seed)
+
+    with tracking.resumed_run(params, "evaluate"):
+        tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("evaluate.")})
+        mu, logvar = encode(vae.encoder, x_test, config.batch_size)
+        reconstruction, kl = elbo_parts(vae.decoder, x_test, mu, logvar, rng=rng, batch_size=config.batch_size)
+        iw_nll = importance_weighted_nll(
+            vae.decoder, x_test, mu, logvar, k=config.iw_samples, rng=rng, batch_size=config.batch_size
+        )
+        train_mu, _ = encode(vae.encoder, x_train, config.batch_size)
+        metrics = {
+            "test_loss": float(np.mean(reconstruction + kl)),
+            "test_reconstruction": float(np.mean(reconstruction)),
+            "test_kl": float(np.mean(kl)),
+            "test_iw_nll": float(np.mean(iw_nll)),
+            "active_units": active_units(mu, config.active_threshold),
+            "knn_accuracy": knn_accuracy(
+                train_mu, splits["train"].labels, mu, y_test, k=config.knn_neighbors
+            ),
+        }
+        per_class = {
+            class_key(name): float(np.mean(reconstruction[y_test == label]))
+            for label, name in enumerate(data.CLASS_NAMES)
+            if np.any(y_test == label)
+        }
+        METRICS.parent.mkdir(parents=True, exist_ok=True)
+        METRICS.write_text(json.dumps({**metrics, "test_reconstruction_by_class": per_class}, indent=2) + "\n")
+        tracking.log_metrics({**metrics, **{f"test_reconstruction_by_class.{k}": v for k, v in per_class.items()}})
+    print(f"evaluate: test_loss {metrics['test_loss']:.3f} nats, IW NLL {metrics['test_iw_nll']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

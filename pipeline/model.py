@@ -1,0 +1,159 @@
+"""The convolutional VAE: loss math, a registered sampling layer, encoder, decoder."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from pipeline.params import IMAGE_SIDE, Model, Train
+
+OPTIMIZERS = {
+    "nadam": keras.optimizers.Nadam,
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "rmsprop": keras.optimizers.RMSprop,
+    "sgd": keras.optimizers.SGD,
+}
+
+
+def reconstruction_loss(x, logits):
+    """Per-image summed sigmoid cross-entropy: `(batch, 28, 28, 1)` x2 -> `(batch,)` nats."""
+    # max(l, 0) - l * x + log(1 + exp(-|l|)) is the overflow-free form of -log Bernoulli(x | sigmoid(l)).
+    per_pixel = ops.relu(logits) - logits * x + ops.log1p(ops.exp(-ops.abs(logits)))
+    return ops.sum(ops.reshape(per_pixel, (ops.shape(per_pixel)[0], -1)), axis=1)
+
+
+def kl_divergence(mu, logvar):
+    """Analytic KL(N(mu, sigma^2) || N(0, I)) per row: `(batch, latent)` -> `(batch,)`."""
+    return 0.5 * ops.sum(ops.square(mu) + ops.exp(logvar) - logvar - 1.0, axis=-1)
+
+
+def negative_elbo(x, logits, mu, logvar):
+    """Per-image negative ELBO, the training loss: reconstruction + KL."""
+    return reconstruction_loss(x, logits) + kl_divergence(mu, logvar)
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class Sampling(layers.Layer):
+    """Reparameterisation: z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        mu, logvar = inputs
+        eps = keras.random.normal(ops.shape(mu), seed=self.seed_generator)
+        return mu + ops.exp(0.5 * logvar) * eps
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "seed": self.seed}
+
+
+def build_encoder(config: Model) -> keras.Model:
+    """Image `(28, 28, 1)` -> latent mean and log-variance, each `(latent_dim,)`."""
+    images = keras.Input(shape=(IMAGE_SIDE, IMAGE_SIDE, 1), name="image")
+    h = images
+    for filters in config.encoder_filters:
+        h = layers.Conv2D(filters, config.kernel_size, strides=2, padding="same", activation="relu")(h)
+    h = layers.Flatten()(h)
+    h = layers.Dense(config.dense_units, activation="relu")(h)
+    mu = layers.Dense(config.latent_dim, name="z_mean")(h)
+    logvar = layers.Dense(config.latent_dim, name="z_log_var")(h)
+    return keras.Model(images, [mu, logvar], name="encoder")
+
+
+def build_decoder(config: Model) -> keras.Model:
+    """Latent `(latent_dim,)` -> Bernoulli logits `(28, 28, 1)`."""
+    z = keras.Input(shape=(config.latent_dim,), name="z")
+    side = config.decoder_side
+    h = layers.Dense(side * side * config.decoder_channels, activation="relu")(z)
+    h = layers.Reshape((side, side, config.decoder_channels))(h)
+    for filters in config.decoder_filters:
+        h = layers.Conv2DTranspose(
+            filters, config.kernel_size, strides=2, padding="same", activation="relu"
+        )(h)
+    logits = layers.Conv2DTranspose(1, config.kernel_size, padding="same", name="logits")(h)
+    return keras.Model(z, logits, name="decoder")
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class VAE(keras.Model):
+    """Encoder + sampling + decoder, trained on the batch mean of the negative ELBO.
+
+    Calling the model returns the deterministic reconstruction sigmoid(decode(mu)).
+    """
+
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.seed = seed
+        self.sampling = Sampling(seed=seed, name="sampling")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+
+    @property
+    def metrics(self) -> list:
+        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
+
+    def call(self, x, training: bool = False):
+        mu, _ = self.encoder(x, training=training)
+        return ops.sigmoid(self.decoder(mu, training=training))
+
+    def loss_parts(self, x, training: bool):
+        """Batch means of (negative ELBO, reconstruction, KL) with one sampled z."""
+        mu, logvar = self.encoder(x, training=training)
+        logits = self.decoder(self.sampling([mu, logvar]), training=training)
+        reconstruction = ops.mean(reconstruction_loss(x, logits))
+        kl = ops.mean(kl_divergence(mu, logvar))
+        return reconstruction + kl, reconstruction, kl
+
+    def _record(self, total, reconstruction, kl) -> dict:
+        self.loss_tracker.update_state(total)
+        self.reconstruction_tracker.update_state(reconstruction)
+        self.kl_tracker.update_state(kl)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        x = data[0] if isinstance(data, tuple) else data
+        with tf.GradientTape() as tape:
+            total, reconstruction, kl = self.loss_parts(x, training=True)
+        grads = tape.gradient(total, self.trainable_weights)
+        self.optimizer.apply(grads, self.trainable_weights)
+        return self._record(total, reconstruction, kl)
+
+    def test_step(self, data):
+        x = data[0] if isinstance(data, tuple) else data
+        return self._record(*self.loss_parts(x, training=False))
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> VAE:
+        config = dict(config)
+        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+        decoder = keras.saving.deserialize_keras_object(config.pop("decoder"))
+        return cls(encoder, decoder, **config)
+
+
+def build_vae(model: Model, train: Train, seed: int) -> VAE:
+    """A compiled VAE for the given settings."""
+    vae = VAE(build_encoder(model), build_decoder(model), seed=seed, name="vae")
+    vae.compile(optimizer=OPTIMIZERS[train.optimizer](learning_rate=train.learning_rate))
+    vae(keras.ops.zeros((1, IMAGE_SIDE, IMAGE_SIDE, 1)))  # build, so the model saves and loads whole
+    return vae
+
+
+def load_vae(path) -> VAE:
+    """Load a saved VAE; `safe_mode=True` refuses any code smuggled into the file."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

@@ -1,0 +1,163 @@
+"""Typed, validated view of `params.yaml`: the only module that reads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML, YAMLError
+
+# The package lives at <root>/pipeline/, so the repository root is one level up.
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+IMAGE_SIDE = 28
+
+
+class ParamsError(ValueError):
+    """`params.yaml` is malformed or holds a bad value; the message names the key."""
+
+
+class _Section(BaseModel):
+    # Strict: `seed: 4.5`, `latent_dim: true` and `epochs: "ten"` are refused, not coerced.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Tracking(_Section):
+    experiment: str = Field("fashion-mnist-vae", min_length=1)
+
+
+class Base(_Section):
+    seed: int = Field(42, ge=0)
+    tracking: Tracking = Tracking()
+
+
+class Data(_Section):
+    source: str | None = None
+    url: str = Field("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", min_length=1)
+    val_size: int = Field(5000, ge=1, le=59_999)
+    train_size: int | None = Field(None, ge=1)
+    test_size: int | None = Field(None, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _fits_in_training_set(self) -> Data:
+        if self.train_size is not None and self.train_size + self.val_size > 60_000:
+            raise ValueError(
+                f"data.train_size ({self.train_size}) + data.val_size ({self.val_size}) "
+                "exceeds the 60000 training images"
+            )
+        return self
+
+
+class Model(_Section):
+    latent_dim: int = Field(2, ge=1, le=512)
+    encoder_filters: list[Annotated[int, Field(ge=1)]] = Field([32, 64], min_length=1, max_length=2)
+    decoder_filters: list[Annotated[int, Field(ge=1)]] = Field([16, 8], min_length=1, max_length=2)
+    decoder_channels: int = Field(32, ge=1)
+    kernel_size: int = Field(3, ge=1, le=7)
+    dense_units: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> Model:
+        # Each decoder layer doubles the side, so they must rebuild 28 from an integer side.
+        if IMAGE_SIDE % 2 ** len(self.decoder_filters):
+            raise ValueError("model.decoder_filters: at most 2 stride-2 layers fit a 28x28 image")
+        return self
+
+    @property
+    def decoder_side(self) -> int:
+        """Side of the decoder's first feature map: 7 for the default two layers."""
+        return IMAGE_SIDE // 2 ** len(self.decoder_filters)
+
+
+class Train(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(100, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    optimizer: Literal["nadam", "adam", "adamw", "rmsprop", "sgd"] = "nadam"
+
+
+class Evaluate(_Section):
+    iw_samples: int = Field(50, ge=1, le=5000)
+    knn_neighbors: int = Field(5, ge=1)
+    active_threshold: float = Field(0.01, gt=0)
+    batch_size: int = Field(500, ge=1)
+
+
+class Plot(_Section):
+    grid_size: int = Field(15, ge=2, le=50)
+    quantile_low: float = Field(0.05, gt=0, lt=1)
+    quantile_high: float = Field(0.95, gt=0, lt=1)
+    n_reconstructions: int = Field(10, ge=1, le=50)
+    prior_grid: int = Field(8, ge=1, le=30)
+    scatter_points: int | None = Field(None, ge=1)
+    dpi: int = Field(110, ge=30, le=600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Plot:
+        if self.quantile_low >= self.quantile_high:
+            raise ValueError("plot.quantile_low must be below plot.quantile_high")
+        return self
+
+
+class Params(_Section):
+    base: Base = Base()
+    data: Data = Data()
+    model: Model = Model()
+    train: Train = Train()
+    evaluate: Evaluate = Evaluate()
+    plot: Plot = Plot()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif "input" in error and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return f"{key}: {message}"
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse YAML the way DVC does (YAML 1.2, so `1e-3` is a float)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return YAML(typ="safe", pure=True).load(handle)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping; raise ParamsError naming every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ParamsError(f"{source}: {problems}") from None
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """Read and validate `params.yaml` (default: the one at the repository root)."""
+    path = Path(path) if path is not None else PACKAGE_ROOT / "params.yaml"
+    return parse_params(read_yaml(path), source=str(path.name))
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """`{"train.learning_rate": 0.001, ...}`: the keys DVC and MLflow use."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        else:
+            flat[prefix] = value
+
+    walk("", params.model_dump())
+    return flat

@@ -1,0 +1,173 @@
+"""Stage `plot`: figures a person reads at a glance, as DVC plots and MLflow artifacts."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from statistics import NormalDist
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+
+from pipeline import data, tracking  # noqa: E402
+from pipeline.evaluate import encode  # noqa: E402
+from pipeline.model import VAE, load_vae  # noqa: E402
+from pipeline.params import Plot, flatten, load_params  # noqa: E402
+from pipeline.prepare import PREPARED  # noqa: E402
+from pipeline.train import HISTORY, MODEL  # noqa: E402
+
+FIGURES = Path("plots/figures")
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Bernoulli means from logits."""
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def tile(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """`(rows * cols, 28, 28, 1)` -> one `(rows * 28, cols * 28)` sheet, row-major."""
+    side = images.shape[1]
+    sheet = images[..., 0].reshape(rows, cols, side, side)
+    return sheet.transpose(0, 2, 1, 3).reshape(rows * side, cols * side)
+
+
+def latent_scatter(mu: np.ndarray, labels: np.ndarray) -> Figure:
+    """Test-set latent means coloured by class; a PCA projection when latent_dim > 2."""
+    if mu.shape[1] == 1:
+        points, axes = np.column_stack([mu[:, 0], np.zeros(len(mu))]), ("z[0]", "")
+        title = "Test-set latent means (1-D latent)"
+    elif mu.shape[1] == 2:
+        points, axes, title = mu, ("z[0]", "z[1]"), "Test-set latent means"
+    else:
+        pca = PCA(n_components=2).fit(mu)
+        points = pca.transform(mu)
+        share = pca.explained_variance_ratio_ * 100
+        axes = (f"PC 1 ({share[0]:.0f}% of variance)", f"PC 2 ({share[1]:.0f}% of variance)")
+        title = f"Test-set latent means, PCA of {mu.shape[1]}-D latent"
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    cmap = plt.get_cmap("tab10")
+    for label, name in enumerate(data.CLASS_NAMES):
+        chosen = labels == label
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=3, alpha=0.6, color=cmap(label), label=name)
+    ax.set(title=title, xlabel=axes[0], ylabel=axes[1])
+    ax.legend(title="Class", markerscale=4, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def latent_grid(vae: VAE, mu: np.ndarray, config: Plot) -> Figure:
+    """Decode a grid at normal quantiles over the two most active latent dims, the rest at 0."""
+    n, latent_dim = config.grid_size, mu.shape[1]
+    quantiles = np.linspace(config.quantile_low, config.quantile_high, n)
+    values = np.array([NormalDist().inv_cdf(q) for q in quantiles], dtype=np.float32)
+    dims = np.argsort(np.var(mu, axis=0))[::-1][:2]
+    z = np.zeros((n, n, latent_dim), dtype=np.float32)
+    z[:, :, dims[0]] = values[None, :]  # columns walk the first dim
+    if latent_dim > 1:
+        z[:, :, dims[1]] = values[::-1, None]  # rows walk the second, high at the top
+    images = sigmoid(vae.decoder.predict(z.reshape(-1, latent_dim), verbose=0))
+    fig, ax = plt.subplots(figsize=(9, 9))
+    extent = (values[0], values[-1], values[0], values[-1])
+    ax.imshow(tile(images, n, n), cmap="Greys_r", extent=extent, aspect="equal")
+    which = "" if latent_dim == 2 else f" (most active dims of {latent_dim}; others at 0)"
+    ax.set(
+        title=f"Decoded {n}x{n} grid at normal quantiles {config.quantile_low}..{config.quantile_high}{which}",
+        xlabel=f"z[{dims[0]}]",
+        ylabel=f"z[{dims[1]}]" if latent_dim > 1 else "",
+    )
+    fig.tight_layout()
+    return fig
+
+
+def reconstructions(vae: VAE, x: np.ndarray, labels: np.ndarray) -> Figure:
+    """Originals (top row) above their reconstructions from the latent mean (bottom row)."""
+    recon = vae.predict(x, verbose=0)
+    n = len(x)
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.2), squeeze=False)
+    for i in range(n):
+        for row, image in enumerate((x[i], recon[i])):
+            ax = axes[row, i]
+            ax.imshow(image[..., 0], cmap="Greys_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, i].set_title(data.CLASS_NAMES[labels[i]], fontsize=8)
+    axes[0, 0].set_ylabel("original")
+    axes[1, 0].set_ylabel("reconstruction")
+    fig.suptitle("Test images and their reconstructions")
+    fig.tight_layout()
+    return fig
+
+
+def prior_samples(vae: VAE, rows: int, seed: int) -> Figure:
+    """Bernoulli means decoded from z ~ N(0, I)."""
+    latent_dim = vae.decoder.input_shape[-1]
+    z = np.random.default_rng(seed).standard_normal((rows * rows, latent_dim), dtype=np.float32)
+    images = sigmoid(vae.decoder.predict(z, verbose=0))
+    fig, ax = plt.subplots(figsize=(6, 6.4))
+    ax.imshow(tile(images, rows, rows), cmap="Greys_r", vmin=0, vmax=1)
+    ax.set_axis_off()
+    ax.set_title(f"{rows * rows} samples from the prior N(0, I)")
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(history: dict[str, list[float]]) -> Figure:
+    """Train and validation loss, reconstruction and KL per epoch."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    epochs = np.array(history["epoch"]) + 1
+    for ax, name in zip(axes, ("loss", "reconstruction", "kl")):
+        ax.plot(epochs, history[name], marker="o", ms=3, label="train")
+        ax.plot(epochs, history[f"val_{name}"], marker="o", ms=3, label="validation")
+        ax.set(title={"loss": "Negative ELBO", "reconstruction": "Reconstruction", "kl": "KL"}[name],
+               xlabel="epoch", ylabel="nats per image")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """Keras CSVLogger's file as columns."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: [float(row[key]) for row in rows] for key in rows[0]}
+
+
+def main() -> None:
+    params = load_params()
+    config = params.plot
+    splits = data.load_prepared(PREPARED)
+    vae = load_vae(MODEL)
+    test = splits["test"]
+    x_test = data.to_model_input(test.images)
+    if config.scatter_points is not None:
+        x_test, labels = x_test[: config.scatter_points], test.labels[: config.scatter_points]
+    else:
+        labels = test.labels
+
+    with tracking.resumed_run(params, "plot"):
+        tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("plot.")})
+        mu, _ = encode(vae.encoder, x_test, batch_size=500)
+        n = min(config.n_reconstructions, len(x_test))
+        figures = {
+            "latent_scatter.png": latent_scatter(mu, labels),
+            "latent_grid.png": latent_grid(vae, mu, config),
+            "reconstructions.png": reconstructions(vae, x_test[:n], labels[:n]),
+            "prior_samples.png": prior_samples(vae, config.prior_grid, params.base.seed),
+            "loss_curves.png": loss_curves(read_history(HISTORY)),
+        }
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        for name, fig in figures.items():
+            fig.savefig(FIGURES / name, dpi=config.dpi)
+            tracking.log_figure(fig, name)
+            plt.close(fig)
+    print(f"plot: {len(figures)} figures in {FIGURES}")
+
+
+if __name__ == "__main__":
+    main()

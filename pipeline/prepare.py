@@ -1,0 +1,48 @@
+"""Stage `prepare`: verified Fashion-MNIST split into train, validation and test arrays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import data
+from pipeline.params import load_params
+
+PREPARED = Path("data/prepared/fashion_mnist.npz")
+SUMMARY = Path("data/prepared/summary.json")
+
+
+def summarise(splits: dict[str, data.Split], *, source: Path) -> dict:
+    """Counts, class balance and hashes: what a person checks before trusting the data."""
+    return {
+        "source": str(source),
+        "counts": {name: int(len(split.labels)) for name, split in splits.items()},
+        "class_counts": {
+            name: dict(zip(data.CLASS_NAMES, np.bincount(split.labels, minlength=10).tolist()))
+            for name, split in splits.items()
+        },
+        "source_sha256": data.SHA256,
+        "digest": data.digest(splits),
+    }
+
+
+def main() -> None:
+    params = load_params()
+    source = data.find_source(params.data.source, params.data.url)
+    splits = data.split_data(
+        data.load_official(source),
+        val_size=params.data.val_size,
+        train_size=params.data.train_size,
+        test_size=params.data.test_size,
+        seed=params.base.seed,
+    )
+    data.save_prepared(splits, PREPARED)
+    summary = summarise(splits, source=source)
+    SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"prepare: {summary['counts']} from {source}")
+
+
+if __name__ == "__main__":
+    main()
