@@ -100,6 +100,11 @@ class VAE(keras.Model):
     def metrics(self) -> list:
         return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
 
+    def build(self, input_shape) -> None:
+        # The encoder and decoder are built functional models; only the sampling layer is not.
+        self.sampling.build([self.encoder.output_shape[0]] * 2)
+        self.built = True
+
     def call(self, x, training: bool = False):
         mu, _ = self.encoder(x, training=training)
         return ops.sigmoid(self.decoder(mu, training=training))

@@ -73,7 +73,7 @@ def latent_grid(vae: VAE, mu: np.ndarray, config: Plot) -> Figure:
     images = sigmoid(vae.decoder.predict(z.reshape(-1, latent_dim), verbose=0))
     fig, ax = plt.subplots(figsize=(9, 9))
     extent = (values[0], values[-1], values[0], values[-1])
-    ax.imshow(tile(images, n, n), cmap="Greys_r", extent=extent, aspect="equal")
+    ax.imshow(tile(images, n, n), cmap="Greys_r", vmin=0, vmax=1, extent=extent)
     which = "" if latent_dim == 2 else f" (most active dims of {latent_dim}; others at 0)"
     ax.set(
         title=f"Decoded {n}x{n} grid at normal quantiles {config.quantile_low}..{config.quantile_high}{which}",

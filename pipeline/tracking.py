@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import subprocess
+from importlib.metadata import version
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,15 +129,23 @@ def log_stage_params(params: dict[str, Any]) -> None:
         mlflow.set_tags(changed)
 
 
-def keras_callback():
-    """Per-epoch metrics into the active run, with the epoch as step."""
-    return mlflow.keras.MlflowCallback()
+class EpochMetrics(mlflow.keras.MlflowCallback):
+    """MLflow's Keras callback, logging only per epoch with the epoch as step.
+
+    Its `on_test_end` would re-log the validation metrics at step 0 after every
+    epoch; Keras already hands them to `on_epoch_end` as `val_*`.
+    """
+
+    def on_test_end(self, logs=None) -> None:
+        pass
 
 
 def log_model(vae, example: np.ndarray) -> None:
     """The VAE in MLflow's Keras flavour with an input/output signature."""
     signature = mlflow.models.infer_signature(example, vae.predict(example, verbose=0))
-    mlflow.keras.log_model(vae, name="model", signature=signature)
+    # Inference of requirements reloads the model without this package and fails; name them.
+    requirements = [f"{name}=={version(name)}" for name in ("keras", "tensorflow", "fashion-vae-pipeline")]
+    mlflow.keras.log_model(vae, name="model", signature=signature, pip_requirements=requirements)
 
 
 def log_metrics(metrics: dict[str, float]) -> None:

@@ -77,7 +77,7 @@ def main() -> None:
             model=params.model,
             train=params.train,
             seed=params.base.seed,
-            callbacks=[keras.callbacks.CSVLogger(str(HISTORY)), tracking.keras_callback()],
+            callbacks=[keras.callbacks.CSVLogger(str(HISTORY)), tracking.EpochMetrics()],
         )
         final = {name: float(values[-1]) for name, values in history.items()}
         if not all(math.isfinite(v) for v in final.values()):

@@ -1,0 +1,1 @@
+"""Experiment-tracking pipeline for a convolutional VAE on Fashion-MNIST."""

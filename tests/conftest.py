@@ -1,0 +1,76 @@
+"""Shared fixtures: the real data set, small real configs, a repository copy to run DVC in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import data
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a fresh clone holds that the pipeline needs; everything else is produced by it.
+PROJECT_FILES = ("pipeline", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore")
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    """Debian's Fashion-MNIST, which the README's set-up installs."""
+    if not all((data.DEBIAN_DIR / f"{name}.gz").is_file() for name in data.SHA256):
+        pytest.skip(f"Fashion-MNIST is not installed in {data.DEBIAN_DIR} (scripts/setup.sh installs it)")
+    return data.DEBIAN_DIR
+
+
+def run_env() -> dict[str, str]:
+    """The environment for a pipeline subprocess: this venv first, no outside tracking server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(
+        DVC_NO_ANALYTICS="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+    )  # fmt: skip
+    return env
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command as a user would; on failure show what it printed."""
+    result = subprocess.run(args, cwd=cwd, env=run_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_repo(target: Path, overrides: dict[str, dict]) -> Path:
+    """A git repository holding a copy of the project with `params.yaml` sections overridden."""
+    from ruamel.yaml import YAML
+
+    for name in PROJECT_FILES:
+        source, dest = ROOT / name, target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest)
+    yaml = YAML()  # round-trip, so comments and layout survive as a user's edit would
+    params = yaml.load(target / "params.yaml")
+    for section, values in overrides.items():
+        params[section].update(values)
+    yaml.dump(params, target / "params.yaml")
+    run(["git", "init", "-q"], target)
+    run(["git", "add", "-A"], target)
+    run(["git", "commit", "-qm", "project"], target)
+    return target
+
+
+SMALL = {
+    "data": {"train_size": 2000, "val_size": 500, "test_size": 500},
+    "train": {"epochs": 2},
+    "evaluate": {"iw_samples": 4, "knn_neighbors": 3},
+    "plot": {"grid_size": 5, "n_reconstructions": 4, "prior_grid": 3, "dpi": 50},
+}
