@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.params import PipelineError
+
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -38,7 +40,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 SPLITS = ("train", "val", "test")
 
 
-class DataError(RuntimeError):
+class DataError(PipelineError):
     """A data file is missing, corrupt or inconsistent; the message names it."""
 
 

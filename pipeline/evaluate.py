@@ -15,7 +15,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from pipeline import data, tracking
 from pipeline.model import kl_divergence, load_vae, reconstruction_loss
-from pipeline.params import flatten, load_params
+from pipeline.params import flatten, load_params, run_stage
 from pipeline.prepare import PREPARED
 from pipeline.train import MODEL
 
@@ -78,14 +78,14 @@ def class_key(name: str) -> str:
 def main() -> None:
     params = load_params()
     config = params.evaluate
-    splits = data.load_prepared(PREPARED)
-    vae = load_vae(MODEL)
-    x_test, y_test = data.to_model_input(splits["test"].images), splits["test"].labels
-    x_train = data.to_model_input(splits["train"].images)
     rng = np.random.default_rng(params.base.seed)
 
-    with tracking.resumed_run(params, "evaluate"):
+    with tracking.resumed_run(params, "evaluate"):  # anything raised below marks the run FAILED
         tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("evaluate.")})
+        splits = data.load_prepared(PREPARED)
+        vae = load_vae(MODEL)
+        x_test, y_test = data.to_model_input(splits["test"].images), splits["test"].labels
+        x_train = data.to_model_input(splits["train"].images)
         mu, logvar = encode(vae.encoder, x_test, config.batch_size)
         reconstruction, kl = elbo_parts(vae.decoder, x_test, mu, logvar, rng=rng, batch_size=config.batch_size)
         iw_nll = importance_weighted_nll(
@@ -114,4 +114,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

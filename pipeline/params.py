@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,8 +15,21 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIDE = 28
 
 
-class ParamsError(ValueError):
+class PipelineError(Exception):
+    """A failure the user can fix; its message says what is wrong."""
+
+
+class ParamsError(PipelineError):
     """`params.yaml` is malformed or holds a bad value; the message names the key."""
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's `main`; a PipelineError becomes one line on stderr and exit status 2."""
+    try:
+        main()
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class _Section(BaseModel):

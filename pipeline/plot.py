@@ -17,7 +17,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from pipeline import data, tracking  # noqa: E402
 from pipeline.evaluate import encode  # noqa: E402
 from pipeline.model import VAE, load_vae  # noqa: E402
-from pipeline.params import Plot, flatten, load_params  # noqa: E402
+from pipeline.params import Plot, flatten, load_params, run_stage  # noqa: E402
 from pipeline.prepare import PREPARED  # noqa: E402
 from pipeline.train import HISTORY, MODEL  # noqa: E402
 
@@ -141,17 +141,11 @@ def read_history(path: Path) -> dict[str, list[float]]:
 def main() -> None:
     params = load_params()
     config = params.plot
-    splits = data.load_prepared(PREPARED)
-    vae = load_vae(MODEL)
-    test = splits["test"]
-    x_test = data.to_model_input(test.images)
-    if config.scatter_points is not None:
-        x_test, labels = x_test[: config.scatter_points], test.labels[: config.scatter_points]
-    else:
-        labels = test.labels
-
-    with tracking.resumed_run(params, "plot"):
+    with tracking.resumed_run(params, "plot"):  # anything raised below marks the run FAILED
         tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("plot.")})
+        test = data.load_prepared(PREPARED)["test"]
+        vae = load_vae(MODEL)
+        x_test, labels = data.to_model_input(test.images)[: config.scatter_points], test.labels[: config.scatter_points]
         mu, _ = encode(vae.encoder, x_test, batch_size=500)
         n = min(config.n_reconstructions, len(x_test))
         figures = {
@@ -170,4 +164,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import data
-from pipeline.params import load_params
+from pipeline.params import load_params, run_stage
 
 PREPARED = Path("data/prepared/fashion_mnist.npz")
 SUMMARY = Path("data/prepared/summary.json")
@@ -45,4 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from pipeline import data, tracking
 from pipeline.model import VAE, build_vae
-from pipeline.params import Model, Train, load_params
+from pipeline.params import Model, PipelineError, Train, load_params, run_stage
 from pipeline.prepare import PREPARED, SUMMARY
 
 MODEL = Path("models/vae.keras")
@@ -22,7 +22,7 @@ HISTORY = Path("plots/history.csv")
 METRICS = Path("metrics/train.json")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PipelineError):
     """Training produced a model that must not be evaluated."""
 
 
@@ -90,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,0 +1,150 @@
+"""End to end: real `dvc repro` in a temporary git repository, checked through DVC and MLflow."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from ruamel.yaml import YAML
+
+from pipeline.tracking import default_store_uri
+from tests.conftest import SMALL, make_repo, run
+
+pytestmark = pytest.mark.slow
+FIGURES = ("latent_scatter", "latent_grid", "reconstructions", "prior_samples", "loss_curves")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, official_dir) -> Path:
+    """A project copy after one full `dvc repro` on small real data."""
+    path = make_repo(tmp_path_factory.mktemp("project"), SMALL)
+    run(["dvc", "repro"], path)
+    return path
+
+
+def client(repo: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
+
+
+def run_of(repo: Path):
+    run_id = json.loads((repo / "outputs/mlflow_run.json").read_text())["run_id"]
+    return client(repo).get_run(run_id)
+
+
+def set_param(repo: Path, section: str, key: str, value) -> None:
+    yaml = YAML()
+    params = yaml.load(repo / "params.yaml")
+    params[section][key] = value
+    yaml.dump(params, repo / "params.yaml")
+
+
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_outputs_and_dvc_metrics(repo):
+    assert (repo / "models/vae.keras").is_file()
+    assert (repo / "dvc.lock").is_file()
+    summary = json.loads((repo / "data/prepared/summary.json").read_text())
+    assert summary["counts"] == {"train": 2000, "val": 500, "test": 500}
+    assert sum(summary["class_counts"]["test"].values()) == 500
+    for name in FIGURES:
+        assert (repo / f"plots/figures/{name}.png").stat().st_size > 5000
+    history = (repo / "plots/history.csv").read_text().splitlines()
+    assert history[0].split(",") == ["epoch", "kl", "loss", "reconstruction", "val_kl", "val_loss", "val_reconstruction"]
+    assert len(history) == 1 + SMALL["train"]["epochs"]
+
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    metrics = shown[""]["data"]["metrics/evaluate.json"]["data"]
+    assert 100 < metrics["test_loss"] < 700
+    assert metrics["test_iw_nll"] <= metrics["test_loss"] + 1.0  # the IW bound is the tighter one
+    assert 0 <= metrics["knn_accuracy"] <= 1 and 0 <= metrics["active_units"] <= 2
+    assert len(metrics["test_reconstruction_by_class"]) == 10
+
+
+def test_mlflow_run_holds_all_four_stages(repo):
+    tracked = run_of(repo)
+    assert tracked.info.status == "FINISHED"
+    params = tracked.data.params
+    assert params["train.epochs"] == "2" and params["model.latent_dim"] == "2"
+    assert params["train.learning_rate"] == "0.001" and params["plot.grid_size"] == "5"
+    history = client(repo).get_metric_history(tracked.info.run_id, "val_loss")
+    assert sorted(m.step for m in history) == [0, 1]
+    evaluated = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert tracked.data.metrics["test_loss"] == pytest.approx(evaluated["test_loss"])
+    assert "test_reconstruction_by_class.t_shirt_top" in tracked.data.metrics
+
+    figures = {a.path for a in client(repo).list_artifacts(tracked.info.run_id, "figures")}
+    assert figures == {f"figures/{name}.png" for name in FIGURES}
+
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert tracked.data.tags["git.commit"] == head and tracked.data.tags["git.dirty"] == "false"
+
+    (dataset,) = tracked.inputs.dataset_inputs
+    digest = json.loads((repo / "data/prepared/summary.json").read_text())["digest"]
+    assert dataset.dataset.digest == digest[:16]
+
+    import pipeline.model  # noqa: F401  registers VAE and Sampling, as for any custom Keras class
+
+    mlflow.set_tracking_uri(default_store_uri(repo))
+    (logged,) = mlflow.search_logged_models(experiment_ids=[tracked.info.experiment_id], output_format="list")
+    assert logged.source_run_id == tracked.info.run_id
+    model = mlflow.keras.load_model(logged.model_uri)
+    assert model.predict(np.zeros((2, 28, 28, 1), "float32"), verbose=0).shape == (2, 28, 28, 1)
+    signature = mlflow.models.get_model_info(logged.model_uri).signature
+    assert tuple(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 28, 28, 1)
+
+
+def test_second_repro_runs_nothing(repo):
+    assert ran_stages(run(["dvc", "repro"], repo).stdout) == []
+
+
+def test_plot_setting_reruns_only_plot(repo):
+    before = run_of(repo).info.run_id
+    set_param(repo, "plot", "dpi", 60)
+    assert ran_stages(run(["dvc", "repro"], repo).stdout) == ["plot"]
+    after = run_of(repo)
+    assert after.info.run_id == before and after.info.status == "FINISHED"
+    assert after.data.tags["changed.plot.dpi"] == "60"
+
+
+def test_exp_run_with_override_is_listed_with_params_and_metrics(repo):
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline run"], repo)  # dvc.lock and metrics, as a user commits them
+    run(["dvc", "exp", "run", "-S", "model.latent_dim=8"], repo)
+    table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
+    baseline = next(row for row in table if row["typ"] == "baseline" and row["rev"] != "workspace")
+    (experiment,) = [row for row in table if row["typ"].startswith("branch")]
+    assert (baseline["model.latent_dim"], experiment["model.latent_dim"]) == ("2", "8")
+    assert float(baseline["test_loss"]) > 0 and float(experiment["test_loss"]) > 0
+    assert baseline["test_loss"] != experiment["test_loss"]
+
+    runs = client(repo).search_runs(experiment_ids=[run_of(repo).info.experiment_id])
+    by_dim = {r.data.params["model.latent_dim"]: r for r in runs}
+    assert set(by_dim) == {"2", "8"}
+    assert by_dim["8"].info.status == "FINISHED" and "dvc.exp_name" in by_dim["8"].data.tags
+    assert by_dim["8"].data.tags["dvc.exp_name"] == experiment["Experiment"]
+    assert by_dim["8"].data.tags["git.dirty"] == "true"  # params.yaml differs from the commit
+
+
+def test_failed_stage_marks_run_failed(repo):
+    tracked = run_of(repo)
+    (repo / "models/vae.keras").write_bytes(b"truncated")
+    result = run(["python", "-m", "pipeline.evaluate"], repo, check=False)
+    assert result.returncode != 0
+    assert client(repo).get_run(tracked.info.run_id).info.status == "FAILED"
+
+
+def test_bad_params_stop_before_any_work(tmp_path):
+    repo = make_repo(tmp_path / "bad", {"train": {"epochs": "ten"}})
+    result = run(["dvc", "repro"], repo, check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors and "train.epochs" in errors[0]
+    assert not (repo / "mlruns").exists()
+    assert not (repo / "data/prepared").exists()
