@@ -79,9 +79,7 @@ def read_verified(path: Path, name: str | None = None) -> bytes:
         raise DataError(f"{path}: cannot decompress ({exc}); the file is truncated or corrupt") from None
     digest = hashlib.sha256(payload).hexdigest()
     if digest != SHA256[name]:
-        raise DataError(
-            f"{path}: SHA-256 of the decompressed bytes is {digest}, expected {SHA256[name]}"
-        )
+        raise DataError(f"{path}: SHA-256 of the decompressed bytes is {digest}, expected {SHA256[name]}")
     return payload
 
 
@@ -110,9 +108,7 @@ def load_official(directory: Path) -> dict[str, Split]:
         images = parse_idx(read_verified(images_path), IMAGES_MAGIC, images_path)
         labels = parse_idx(read_verified(labels_path), LABELS_MAGIC, labels_path)
         if len(images) != len(labels):
-            raise DataError(
-                f"{images_path}: {len(images)} images but {labels_path} has {len(labels)} labels"
-            )
+            raise DataError(f"{images_path}: {len(images)} images but {labels_path} has {len(labels)} labels")
         splits[split] = Split(images=images, labels=labels)
     return splits
 
@@ -172,8 +168,11 @@ def split_data(
     test = np.arange(len(official["test"].labels))
     if test_size is not None:
         test = np.sort(rng.permutation(test)[:test_size])
-    pick = lambda split, idx: Split(official[split].images[idx], official[split].labels[idx])  # noqa: E731
-    return {"train": pick("train", np.sort(train)), "val": pick("train", np.sort(val)), "test": pick("test", test)}
+    chosen = {"train": ("train", np.sort(train)), "val": ("train", np.sort(val)), "test": ("test", test)}
+    return {
+        name: Split(official[source].images[rows], official[source].labels[rows])
+        for name, (source, rows) in chosen.items()
+    }
 
 
 def digest(splits: dict[str, Split]) -> str:

@@ -30,22 +30,41 @@ def encode(encoder: keras.Model, x: np.ndarray, batch_size: int) -> tuple[np.nda
 
 
 def elbo_parts(
-    decoder: keras.Model, x: np.ndarray, mu: np.ndarray, logvar: np.ndarray, *, rng: np.random.Generator, batch_size: int
+    decoder: keras.Model,
+    x: np.ndarray,
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-image reconstruction loss (one sampled z) and analytic KL, in nats."""
     z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=np.float32)
     logits = decoder.predict(z, batch_size=batch_size, verbose=0)
-    return ops.convert_to_numpy(reconstruction_loss(x, logits)), ops.convert_to_numpy(kl_divergence(mu, logvar))
+    return ops.convert_to_numpy(reconstruction_loss(x, logits)), ops.convert_to_numpy(
+        kl_divergence(mu, logvar)
+    )
 
 
 def importance_weighted_nll(
-    decoder: keras.Model, x: np.ndarray, mu: np.ndarray, logvar: np.ndarray, *, k: int, rng: np.random.Generator, batch_size: int
+    decoder: keras.Model,
+    x: np.ndarray,
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    *,
+    k: int,
+    rng: np.random.Generator,
+    batch_size: int,
 ) -> np.ndarray:
     """Per-image -log (1/k) sum_i p(x, z_i) / q(z_i | x): an upper bound on -log p(x) (Burda et al.)."""
     bounds = []
     per_chunk = max(1, batch_size // k)
     for start in range(0, len(x), per_chunk):
-        xs, m, lv = x[start : start + per_chunk], mu[start : start + per_chunk], logvar[start : start + per_chunk]
+        xs, m, lv = (
+            x[start : start + per_chunk],
+            mu[start : start + per_chunk],
+            logvar[start : start + per_chunk],
+        )
         eps = rng.standard_normal((k, *m.shape), dtype=np.float32)  # (k, b, latent)
         z = m + np.exp(0.5 * lv) * eps
         logits = decoder.predict(z.reshape(-1, m.shape[1]), batch_size=batch_size, verbose=0)
@@ -87,7 +106,9 @@ def main() -> None:
         x_test, y_test = data.to_model_input(splits["test"].images), splits["test"].labels
         x_train = data.to_model_input(splits["train"].images)
         mu, logvar = encode(vae.encoder, x_test, config.batch_size)
-        reconstruction, kl = elbo_parts(vae.decoder, x_test, mu, logvar, rng=rng, batch_size=config.batch_size)
+        reconstruction, kl = elbo_parts(
+            vae.decoder, x_test, mu, logvar, rng=rng, batch_size=config.batch_size
+        )
         iw_nll = importance_weighted_nll(
             vae.decoder, x_test, mu, logvar, k=config.iw_samples, rng=rng, batch_size=config.batch_size
         )
@@ -108,8 +129,12 @@ def main() -> None:
             if np.any(y_test == label)
         }
         METRICS.parent.mkdir(parents=True, exist_ok=True)
-        METRICS.write_text(json.dumps({**metrics, "test_reconstruction_by_class": per_class}, indent=2) + "\n")
-        tracking.log_metrics({**metrics, **{f"test_reconstruction_by_class.{k}": v for k, v in per_class.items()}})
+        METRICS.write_text(
+            json.dumps({**metrics, "test_reconstruction_by_class": per_class}, indent=2) + "\n"
+        )
+        tracking.log_metrics(
+            {**metrics, **{f"test_reconstruction_by_class.{k}": v for k, v in per_class.items()}}
+        )
     print(f"evaluate: test_loss {metrics['test_loss']:.3f} nats, IW NLL {metrics['test_iw_nll']:.3f}")
 
 

@@ -72,9 +72,9 @@ def build_decoder(config: Model) -> keras.Model:
     h = layers.Dense(side * side * config.decoder_channels, activation="relu")(z)
     h = layers.Reshape((side, side, config.decoder_channels))(h)
     for filters in config.decoder_filters:
-        h = layers.Conv2DTranspose(
-            filters, config.kernel_size, strides=2, padding="same", activation="relu"
-        )(h)
+        h = layers.Conv2DTranspose(filters, config.kernel_size, strides=2, padding="same", activation="relu")(
+            h
+        )
     logits = layers.Conv2DTranspose(1, config.kernel_size, padding="same", name="logits")(h)
     return keras.Model(z, logits, name="decoder")
 

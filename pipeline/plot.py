@@ -7,19 +7,16 @@ from pathlib import Path
 from statistics import NormalDist
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # the object API draws to files with no display or pyplot state
+from sklearn.decomposition import PCA
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-
-from pipeline import data, tracking  # noqa: E402
-from pipeline.evaluate import encode  # noqa: E402
-from pipeline.model import VAE, load_vae  # noqa: E402
-from pipeline.params import Plot, flatten, load_params, run_stage  # noqa: E402
-from pipeline.prepare import PREPARED  # noqa: E402
-from pipeline.train import HISTORY, MODEL  # noqa: E402
+from pipeline import data, tracking
+from pipeline.evaluate import encode
+from pipeline.model import VAE, load_vae
+from pipeline.params import Plot, flatten, load_params, run_stage
+from pipeline.prepare import PREPARED
+from pipeline.train import HISTORY, MODEL
 
 FIGURES = Path("plots/figures")
 
@@ -49,8 +46,9 @@ def latent_scatter(mu: np.ndarray, labels: np.ndarray) -> Figure:
         share = pca.explained_variance_ratio_ * 100
         axes = (f"PC 1 ({share[0]:.0f}% of variance)", f"PC 2 ({share[1]:.0f}% of variance)")
         title = f"Test-set latent means, PCA of {mu.shape[1]}-D latent"
-    fig, ax = plt.subplots(figsize=(8, 6.5))
-    cmap = plt.get_cmap("tab10")
+    fig = Figure(figsize=(8, 6.5))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab10"]
     for label, name in enumerate(data.CLASS_NAMES):
         chosen = labels == label
         ax.scatter(points[chosen, 0], points[chosen, 1], s=3, alpha=0.6, color=cmap(label), label=name)
@@ -71,12 +69,14 @@ def latent_grid(vae: VAE, mu: np.ndarray, config: Plot) -> Figure:
     if latent_dim > 1:
         z[:, :, dims[1]] = values[::-1, None]  # rows walk the second, high at the top
     images = sigmoid(vae.decoder.predict(z.reshape(-1, latent_dim), verbose=0))
-    fig, ax = plt.subplots(figsize=(9, 9))
+    fig = Figure(figsize=(9, 9))
+    ax = fig.subplots()
     extent = (values[0], values[-1], values[0], values[-1])
     ax.imshow(tile(images, n, n), cmap="Greys_r", vmin=0, vmax=1, extent=extent)
-    which = "" if latent_dim == 2 else f" (most active dims of {latent_dim}; others at 0)"
+    span = f"{config.quantile_low}..{config.quantile_high}"
+    which = "" if latent_dim == 2 else f"\nthe two most active of {latent_dim} dims; the others at 0"
     ax.set(
-        title=f"Decoded {n}x{n} grid at normal quantiles {config.quantile_low}..{config.quantile_high}{which}",
+        title=f"Decoded {n}x{n} grid at normal quantiles {span}{which}",
         xlabel=f"z[{dims[0]}]",
         ylabel=f"z[{dims[1]}]" if latent_dim > 1 else "",
     )
@@ -88,7 +88,8 @@ def reconstructions(vae: VAE, x: np.ndarray, labels: np.ndarray) -> Figure:
     """Originals (top row) above their reconstructions from the latent mean (bottom row)."""
     recon = vae.predict(x, verbose=0)
     n = len(x)
-    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.2), squeeze=False)
+    fig = Figure(figsize=(1.3 * n, 3.2))
+    axes = fig.subplots(2, n, squeeze=False)
     for i in range(n):
         for row, image in enumerate((x[i], recon[i])):
             ax = axes[row, i]
@@ -108,7 +109,8 @@ def prior_samples(vae: VAE, rows: int, seed: int) -> Figure:
     latent_dim = vae.decoder.input_shape[-1]
     z = np.random.default_rng(seed).standard_normal((rows * rows, latent_dim), dtype=np.float32)
     images = sigmoid(vae.decoder.predict(z, verbose=0))
-    fig, ax = plt.subplots(figsize=(6, 6.4))
+    fig = Figure(figsize=(6, 6.4))
+    ax = fig.subplots()
     ax.imshow(tile(images, rows, rows), cmap="Greys_r", vmin=0, vmax=1)
     ax.set_axis_off()
     ax.set_title(f"{rows * rows} samples from the prior N(0, I)")
@@ -118,13 +120,17 @@ def prior_samples(vae: VAE, rows: int, seed: int) -> Figure:
 
 def loss_curves(history: dict[str, list[float]]) -> Figure:
     """Train and validation loss, reconstruction and KL per epoch."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig = Figure(figsize=(14, 4))
+    axes = fig.subplots(1, 3)
     epochs = np.array(history["epoch"]) + 1
-    for ax, name in zip(axes, ("loss", "reconstruction", "kl")):
+    for ax, name in zip(axes, ("loss", "reconstruction", "kl"), strict=True):
         ax.plot(epochs, history[name], marker="o", ms=3, label="train")
         ax.plot(epochs, history[f"val_{name}"], marker="o", ms=3, label="validation")
-        ax.set(title={"loss": "Negative ELBO", "reconstruction": "Reconstruction", "kl": "KL"}[name],
-               xlabel="epoch", ylabel="nats per image")
+        ax.set(
+            title={"loss": "Negative ELBO", "reconstruction": "Reconstruction", "kl": "KL"}[name],
+            xlabel="epoch",
+            ylabel="nats per image",
+        )
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -145,7 +151,10 @@ def main() -> None:
         tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("plot.")})
         test = data.load_prepared(PREPARED)["test"]
         vae = load_vae(MODEL)
-        x_test, labels = data.to_model_input(test.images)[: config.scatter_points], test.labels[: config.scatter_points]
+        x_test, labels = (
+            data.to_model_input(test.images)[: config.scatter_points],
+            test.labels[: config.scatter_points],
+        )
         mu, _ = encode(vae.encoder, x_test, batch_size=500)
         n = min(config.n_reconstructions, len(x_test))
         figures = {
@@ -159,7 +168,6 @@ def main() -> None:
         for name, fig in figures.items():
             fig.savefig(FIGURES / name, dpi=config.dpi)
             tracking.log_figure(fig, name)
-            plt.close(fig)
     print(f"plot: {len(figures)} figures in {FIGURES}")
 
 

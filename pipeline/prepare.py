@@ -18,9 +18,9 @@ def summarise(splits: dict[str, data.Split], *, source: Path) -> dict:
     """Counts, class balance and hashes: what a person checks before trusting the data."""
     return {
         "source": str(source),
-        "counts": {name: int(len(split.labels)) for name, split in splits.items()},
+        "counts": {name: len(split.labels) for name, split in splits.items()},
         "class_counts": {
-            name: dict(zip(data.CLASS_NAMES, np.bincount(split.labels, minlength=10).tolist()))
+            name: dict(zip(data.CLASS_NAMES, np.bincount(split.labels, minlength=10).tolist(), strict=True))
             for name, split in splits.items()
         },
         "source_sha256": data.SHA256,

@@ -6,8 +6,8 @@ import contextlib
 import json
 import os
 import subprocess
-from importlib.metadata import version
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +156,3 @@ def log_metrics(metrics: dict[str, float]) -> None:
 def log_figure(figure, name: str) -> None:
     """A matplotlib figure as a run artifact under `figures/`."""
     mlflow.log_figure(figure, f"figures/{name}")
-
-
-def log_artifact(path: Path, folder: str | None = None) -> None:
-    """A file as a run artifact."""
-    mlflow.log_artifact(str(path), artifact_path=folder)

@@ -38,11 +38,17 @@ def run_env() -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command as a user would; on failure show what it printed."""
-    result = subprocess.run(args, cwd=cwd, env=run_env(), capture_output=True, text=True)
+def run(
+    args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command as a user would, `env` added; on failure show what it printed."""
+    result = subprocess.run(
+        args, check=False, cwd=cwd, env={**run_env(), **(env or {})}, capture_output=True, text=True
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 

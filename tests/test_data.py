@@ -50,13 +50,13 @@ def test_flipped_byte_fails_the_checksum(copy_of):
 
 def test_wrong_magic_number_is_named():
     payload = (2051).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes(3)
-    with pytest.raises(data.DataError, match="labels.idx: IDX magic number is 2051, expected 2049"):
+    with pytest.raises(data.DataError, match=r"labels\.idx: IDX magic number is 2051, expected 2049"):
         data.parse_idx(payload, data.LABELS_MAGIC, Path("labels.idx"))
 
 
 def test_short_body_is_named():
     payload = (2049).to_bytes(4, "big") + (5).to_bytes(4, "big") + bytes(3)
-    with pytest.raises(data.DataError, match="labels.idx: header promises shape"):
+    with pytest.raises(data.DataError, match=r"labels\.idx: header promises shape"):
         data.parse_idx(payload, data.LABELS_MAGIC, Path("labels.idx"))
 
 
@@ -65,7 +65,7 @@ def test_configured_source_comes_first_and_must_be_complete(copy_of, tmp_path):
     (copy_of / f"{LABELS}.gz").unlink()
     with pytest.raises(data.DataError, match=f"missing {LABELS}.gz"):
         data.load_official(copy_of)
-    with pytest.raises(data.DataError, match="data.source"):
+    with pytest.raises(data.DataError, match=r"data\.source"):
         data.find_source(str(tmp_path / "nowhere"), "http://unused/")
 
 
@@ -131,7 +131,9 @@ def test_split_is_seeded_disjoint_and_sized(official_dir):
 
 
 def test_prepared_round_trip(official_dir, tmp_path):
-    splits = data.split_data(data.load_official(official_dir), val_size=10, train_size=20, test_size=5, seed=0)
+    splits = data.split_data(
+        data.load_official(official_dir), val_size=10, train_size=20, test_size=5, seed=0
+    )
     data.save_prepared(splits, tmp_path / "prepared.npz")
     loaded = data.load_prepared(tmp_path / "prepared.npz")
     assert data.digest(loaded) == data.digest(splits)

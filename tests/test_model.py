@@ -16,7 +16,9 @@ from pipeline.train import fit_vae, save_model
 
 @pytest.fixture(scope="module")
 def small_data(official_dir):
-    splits = data.split_data(data.load_official(official_dir), val_size=200, train_size=600, test_size=50, seed=0)
+    splits = data.split_data(
+        data.load_official(official_dir), val_size=200, train_size=600, test_size=50, seed=0
+    )
     return {name: data.to_model_input(split.images) for name, split in splits.items()}
 
 
@@ -37,7 +39,9 @@ def test_history_has_train_and_validation_parts(small_data):
     assert all(len(values) == 2 for values in history.values())
     for prefix in ("", "val_"):
         np.testing.assert_allclose(
-            history[f"{prefix}loss"], np.add(history[f"{prefix}reconstruction"], history[f"{prefix}kl"]), rtol=1e-4
+            history[f"{prefix}loss"],
+            np.add(history[f"{prefix}reconstruction"], history[f"{prefix}kl"]),
+            rtol=1e-4,
         )
     assert history["loss"][1] < history["loss"][0]
 
@@ -69,7 +73,9 @@ def test_keras_round_trip_with_safe_mode(small_data, tmp_path):
 def test_model_knobs_change_the_architecture():
     from pipeline.model import build_vae
 
-    params = parse_params({"model": {"latent_dim": 5, "encoder_filters": [8], "decoder_filters": [4], "dense_units": 16}})
+    params = parse_params(
+        {"model": {"latent_dim": 5, "encoder_filters": [8], "decoder_filters": [4], "dense_units": 16}}
+    )
     vae = build_vae(params.model, params.train, seed=0)
     assert vae.encoder.output_shape == [(None, 5), (None, 5)]
     assert [layer.filters for layer in vae.encoder.layers if hasattr(layer, "filters")] == [8]

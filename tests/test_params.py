@@ -50,7 +50,7 @@ def test_bad_value_is_refused_naming_the_key(raw, key):
 def test_malformed_yaml_names_the_file(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  epochs: [1, 2\n")
-    with pytest.raises(ParamsError, match="params.yaml: not valid YAML"):
+    with pytest.raises(ParamsError, match=r"params\.yaml: not valid YAML"):
         load_params(path)
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -13,7 +17,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from pipeline.tracking import default_store_uri
-from tests.conftest import SMALL, make_repo, run
+from tests.conftest import SMALL, make_repo, run, run_env
 
 pytestmark = pytest.mark.slow
 FIGURES = ("latent_scatter", "latent_grid", "reconstructions", "prior_samples", "loss_curves")
@@ -56,7 +60,15 @@ def test_outputs_and_dvc_metrics(repo):
     for name in FIGURES:
         assert (repo / f"plots/figures/{name}.png").stat().st_size > 5000
     history = (repo / "plots/history.csv").read_text().splitlines()
-    assert history[0].split(",") == ["epoch", "kl", "loss", "reconstruction", "val_kl", "val_loss", "val_reconstruction"]
+    assert history[0].split(",") == [
+        "epoch",
+        "kl",
+        "loss",
+        "reconstruction",
+        "val_kl",
+        "val_loss",
+        "val_reconstruction",
+    ]
     assert len(history) == 1 + SMALL["train"]["epochs"]
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
@@ -148,3 +160,46 @@ def test_bad_params_stop_before_any_work(tmp_path):
     assert errors and "train.epochs" in errors[0]
     assert not (repo / "mlruns").exists()
     assert not (repo / "data/prepared").exists()
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    """A real `mlflow server` on loopback with its own store."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("mlflow server did not start") from None
+            time.sleep(0.5)
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_tracking_uri_from_environment_wins(repo, tracking_server):
+    local_experiment = run_of(repo).info.experiment_id
+    local_runs = len(client(repo).search_runs(experiment_ids=[local_experiment]))
+    env = {"MLFLOW_TRACKING_URI": tracking_server}
+    for stage in ("train", "evaluate"):
+        run(["python", "-m", f"pipeline.{stage}"], repo, env=env)
+
+    remote = mlflow.MlflowClient(tracking_uri=tracking_server)
+    (experiment,) = [e for e in remote.search_experiments() if e.name == "fashion-mnist-vae"]
+    (tracked,) = remote.search_runs(experiment_ids=[experiment.experiment_id])
+    assert tracked.info.status == "FINISHED" and "test_loss" in tracked.data.metrics
+    assert json.loads((repo / "outputs/mlflow_run.json").read_text())["run_id"] == tracked.info.run_id
+    assert len(client(repo).search_runs(experiment_ids=[local_experiment])) == local_runs
