@@ -63,7 +63,8 @@ def latent_grid(vae: VAE, mu: np.ndarray, config: Plot) -> Figure:
     n, latent_dim = config.grid_size, mu.shape[1]
     quantiles = np.linspace(config.quantile_low, config.quantile_high, n)
     values = np.array([NormalDist().inv_cdf(q) for q in quantiles], dtype=np.float32)
-    dims = np.argsort(np.var(mu, axis=0))[::-1][:2]
+    # The seed's axes for a 2-D latent; otherwise the two dims whose means vary most.
+    dims = np.arange(latent_dim) if latent_dim <= 2 else np.argsort(np.var(mu, axis=0))[::-1][:2]
     z = np.zeros((n, n, latent_dim), dtype=np.float32)
     z[:, :, dims[0]] = values[None, :]  # columns walk the first dim
     if latent_dim > 1:
