@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -114,6 +115,53 @@ class Plot(_Section):
         return self
 
 
+class Dimension(_Section):
+    """One searched key: a numeric range (`low`, `high`, optional `log` or `step`) or `choices`."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = Field(None, gt=0)
+    choices: list[int | float | str | bool] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> Dimension:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs low and high, or choices")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0 (got {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        """An integer range: both ends are integers."""
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+
+class Tune(_Section):
+    study_name: str = Field("vae-search", min_length=1)
+    storage: str | None = None  # None: a journal file under optuna/ at the repository root
+    n_trials: int = Field(20, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    workers: int = Field(1, ge=1, le=64)
+    sampler: Literal["tpe", "random", "qmc"] = "tpe"
+    pruner: Literal["hyperband", "median", "none"] = "hyperband"
+    pruner_startup_trials: int = Field(5, ge=0)
+    pruner_warmup_epochs: int = Field(1, ge=0)
+    heartbeat_interval: int = Field(60, ge=1)
+    grace_period: int = Field(180, ge=2)
+    overrides: dict[str, Any] = {}  # applied to every trial: the search's budget
+    space: dict[str, Dimension] = Field(default_factory=dict)
+
+
 class Params(_Section):
     base: Base = Base()
     data: Data = Data()
@@ -121,16 +169,34 @@ class Params(_Section):
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
     plot: Plot = Plot()
+    tune: Tune = Tune()
+
+    @model_validator(mode="after")
+    def _searchable(self) -> Params:
+        known = {k: v for k, v in flatten(self).items() if not k.startswith("tune.")}
+        for section in ("space", "overrides"):
+            for key in getattr(self.tune, section):
+                if key not in known:
+                    raise ValueError(f"tune.{section}: {key!r} is not a params.yaml key outside tune")
+        for key, dimension in self.tune.space.items():
+            current = known[key]
+            if dimension.choices is None and (
+                isinstance(current, bool) or not isinstance(current, int | float)
+            ):
+                raise ValueError(f"tune.space.{key}: a range needs a numeric key; use choices")
+            if dimension.choices is None and isinstance(current, int) and not dimension.is_int:
+                raise ValueError(f"tune.space.{key}: {key} is an integer, so low and high must be too")
+        return self
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     elif "input" in error and not isinstance(error["input"], dict):
         message += f" (got {error['input']!r})"
-    return f"{key}: {message}"
+    return f"{key}: {message}" if key else message
 
 
 def read_yaml(path: Path) -> Any:
@@ -157,10 +223,39 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source}: {problems}") from None
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"train.epochs=5"` -> `("train.epochs", 5)`, the value read as YAML as `dvc exp run -S` does."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r}: expected key=value, e.g. train.epochs=5")
+    try:
+        return key.strip(), YAML(typ="safe", pure=True).load(value)
+    except YAMLError:
+        raise ParamsError(f"override {text!r}: the value is not valid YAML") from None
+
+
+def with_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a raw params mapping with dotted keys set, e.g. `{"train.epochs": 5}`."""
+    result = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        *sections, leaf = key.split(".")
+        node = result
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"override {key}: {section} is not a section")
+        node[leaf] = value
+    return result
+
+
+def read_params(path: Path | str | None = None) -> Any:
+    """The raw mapping in `params.yaml` (default: the one at the repository root)."""
+    return read_yaml(Path(path) if path is not None else PACKAGE_ROOT / "params.yaml")
+
+
 def load_params(path: Path | str | None = None) -> Params:
     """Read and validate `params.yaml` (default: the one at the repository root)."""
-    path = Path(path) if path is not None else PACKAGE_ROOT / "params.yaml"
-    return parse_params(read_yaml(path), source=str(path.name))
+    return parse_params(read_params(path))
 
 
 def flatten(params: Params) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import optuna
 from mlflow.exceptions import MlflowException
 
 from pipeline.params import PACKAGE_ROOT, Params, flatten
@@ -156,3 +158,66 @@ def log_metrics(metrics: dict[str, float]) -> None:
 def log_figure(figure, name: str) -> None:
     """A matplotlib figure as a run artifact under `figures/`."""
     mlflow.log_figure(figure, f"figures/{name}")
+
+
+# Optuna trial states as MLflow run statuses: a pruned trial was stopped on purpose.
+TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def study_run(params: Params, *, study_name: str, storage: str, run_id: str | None) -> str:
+    """Create (or re-open, given `run_id`) the study's parent run; return its id, left RUNNING."""
+    experiment_id = configure(params.base.tracking.experiment)
+    client = mlflow.MlflowClient()
+    if run_id is None:
+        tags = {**git_state(Path.cwd()), "pipeline.stage": "tune", "optuna.study_name": study_name}
+        run = client.create_run(experiment_id, run_name=f"study {study_name}", tags=tags)
+        run_id = run.info.run_id
+        client.log_batch(run_id, params=_as_params({"optuna.storage": storage, **flatten(params)}))
+    else:
+        client.update_run(run_id, status="RUNNING")
+    return run_id
+
+
+def _as_params(values: dict[str, Any]) -> list:
+    return [mlflow.entities.Param(k, str(v)) for k, v in values.items()]
+
+
+def end_study_run(run_id: str, *, summary: dict[str, Any], figures: dict[str, Any], status: str) -> None:
+    """Record the study's outcome, and Optuna's figures, on its parent run."""
+    client = mlflow.MlflowClient()
+    numbers = {
+        k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in numbers.items()])
+    for name, figure in figures.items():
+        client.log_figure(run_id, figure, f"figures/{name}")
+    client.set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def trial_run(params: Params, *, parent_run_id: str, trial_number: int) -> Iterator[dict[str, Any]]:
+    """A child run for one Optuna trial with the full effective params.
+
+    The block sets `outcome["value"]`; the run's status and `optuna.state` tag follow
+    how the block ends: normally (COMPLETE), by `optuna.TrialPruned` (PRUNED), or otherwise (FAIL).
+    """
+    experiment_id = configure(params.base.tracking.experiment)
+    tags = {"mlflow.parentRunId": parent_run_id, "optuna.trial_number": str(trial_number)}
+    outcome: dict[str, Any] = {}
+    state = "FAIL"
+    mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"trial {trial_number}", parent_run_id=parent_run_id, tags=tags
+    )
+    try:
+        mlflow.log_params(flatten(params))
+        yield outcome
+        state = "COMPLETE"
+    except optuna.TrialPruned:
+        state = "PRUNED"
+        raise
+    finally:
+        mlflow.set_tag("optuna.state", state)
+        if "value" in outcome:
+            mlflow.log_metric("objective_val_loss", outcome["value"])
+        mlflow.end_run(status=TRIAL_STATUS[state])

@@ -26,6 +26,15 @@ class TrainingError(PipelineError):
     """Training produced a model that must not be evaluated."""
 
 
+class DivergenceGuard(keras.callbacks.Callback):
+    """Fail at the first NaN or infinite batch loss (Keras' `TerminateOnNaN` only stops quietly)."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingError(f"the loss became {float(loss)} at batch {batch}; lower train.learning_rate")
+
+
 def fit_vae(
     x_train: np.ndarray,
     x_val: np.ndarray,
@@ -46,7 +55,7 @@ def fit_vae(
         epochs=train.epochs,
         validation_data=(x_val,),
         shuffle=True,
-        callbacks=list(callbacks),
+        callbacks=[DivergenceGuard(), *callbacks],
         verbose=verbose,
     )
     return vae, history.history

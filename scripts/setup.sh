@@ -8,6 +8,10 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || missing+=(dataset-fashion-mnist)
   python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
   command -v git >/dev/null || missing+=(git)
+  # Extra Debian packages a caller asks for, e.g. test.sh's PostgreSQL server.
+  for package in ${SETUP_APT_PACKAGES:-}; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
   if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: apt-get install ${missing[*]}"
     apt-get update -qq || true

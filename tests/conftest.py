@@ -14,7 +14,15 @@ from pipeline import data
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a fresh clone holds that the pipeline needs; everything else is produced by it.
-PROJECT_FILES = ("pipeline", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore")
+PROJECT_FILES = (
+    "pipeline",
+    "params.yaml",
+    "dvc.yaml",
+    "sweep/dvc.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+)
 
 
 @pytest.fixture(scope="session")

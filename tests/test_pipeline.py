@@ -53,6 +53,7 @@ def ran_stages(output: str) -> list[str]:
 
 def test_outputs_and_dvc_metrics(repo):
     assert (repo / "models/vae.keras").is_file()
+    assert not (repo / "sweep/best_params.yaml").exists()  # the sweep is not in the default chain
     assert (repo / "dvc.lock").is_file()
     summary = json.loads((repo / "data/prepared/summary.json").read_text())
     assert summary["counts"] == {"train": 2000, "val": 500, "test": 500}

@@ -1,0 +1,252 @@
+"""Optuna sweeps through the real command: tracked trials, resume, pruning, NaN, parallel workers."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from pipeline.tracking import default_store_uri
+from tests.conftest import make_repo, run, run_env
+
+pytestmark = pytest.mark.slow
+# A search small enough for seconds per trial: 1,000 images, 2 epochs.
+QUICK = ["-S", "train.epochs=2", "-S", "data.train_size=1000", "-S", "data.val_size=500"]
+STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def tune(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["python", "-m", "pipeline.tune", *QUICK, *args], repo, check=check)
+
+
+def journal(repo: Path, study_name: str) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(repo / "optuna/journal.log")))
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def child_runs(repo: Path, study: optuna.Study) -> list:
+    client = mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    runs = client.search_runs([parent.info.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def finished(study: optuna.Study) -> list:
+    return [t for t in study.get_trials() if t.state.name in STATES]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, official_dir) -> Path:
+    return make_repo(tmp_path_factory.mktemp("sweep"), {})
+
+
+def test_search_tracks_every_trial_and_resumes(repo):
+    result = tune(repo, "--n-trials", "3", "--study-name", "main", "-S", "tune.pruner=none")
+    assert "3 complete, 0 pruned, 0 failed" in result.stdout
+
+    study = journal(repo, "main")
+    assert len(finished(study)) == 3
+    client = mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 3
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/optimization_history.png", "figures/contour_latent_dim_learning_rate.png"} <= figures
+
+    children = child_runs(repo, study)
+    assert len(children) == 3
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
+    for trial in study.trials:
+        tracked = by_number[trial.number]
+        assert tracked.info.status == "FINISHED" and tracked.data.tags["optuna.state"] == "COMPLETE"
+        assert tracked.data.params["model.latent_dim"] == str(trial.params["model.latent_dim"])
+        assert tracked.data.params["train.epochs"] == "2"  # -S beats the default budget
+        assert tracked.data.params["data.train_size"] == "1000"
+        assert tracked.data.metrics["objective_val_loss"] == pytest.approx(trial.value)
+        history = client.get_metric_history(tracked.info.run_id, "val_loss")
+        assert sorted(m.step for m in history) == [0, 1]
+
+    best = (repo / "sweep/best_params.yaml").read_text()
+    assert f"model.latent_dim: {study.best_params['model.latent_dim']}" in best
+    overrides = run(["python", "-m", "pipeline.tune", "--print-best"], repo).stdout.split()
+    assert overrides[:2] == ["-S", f"model.latent_dim={study.best_params['model.latent_dim']}"]
+
+    tune(repo, "--n-trials", "4", "--study-name", "main", "-S", "tune.pruner=none")
+    study = journal(repo, "main")
+    assert len(finished(study)) == 4  # a total, not four more
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert len(child_runs(repo, study)) == 4
+
+
+def enqueue(repo: Path, study_name: str, *trials: dict) -> None:
+    (repo / "optuna").mkdir(exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(repo / "optuna/journal.log")))
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize")
+    for params in trials:
+        study.enqueue_trial(params)
+
+
+def test_median_pruner_prunes_a_hopeless_trial(repo):
+    # A good trial first; then one whose learning rate is too small to learn in 10 steps.
+    enqueue(
+        repo,
+        "prune",
+        {"model.latent_dim": 2, "train.learning_rate": 1e-2},
+        {"model.latent_dim": 2, "train.learning_rate": 1e-4},
+    )
+    args = [
+        "-S",
+        "tune.pruner=median",
+        "-S",
+        "tune.pruner_startup_trials=1",
+        "-S",
+        "tune.pruner_warmup_epochs=0",
+    ]
+    tune(repo, "--n-trials", "2", "--study-name", "prune", *args)
+    study = journal(repo, "prune")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
+    (pruned,) = [r for r in child_runs(repo, study) if r.data.tags["optuna.trial_number"] == "1"]
+    assert pruned.info.status == "KILLED" and pruned.data.tags["optuna.state"] == "PRUNED"
+
+
+def test_nan_trial_fails_and_the_study_goes_on(repo):
+    space = "tune.space={model.latent_dim: {low: 2, high: 4}, train.learning_rate: {low: 1.0e-4, high: 10.0}}"
+    enqueue(
+        repo,
+        "nan",
+        {"model.latent_dim": 2, "train.learning_rate": 10.0},  # diverges within a few batches
+        {"model.latent_dim": 2, "train.learning_rate": 1e-3},
+    )
+    result = tune(repo, "--n-trials", "2", "--study-name", "nan", "-S", space, "-S", "tune.pruner=none")
+    assert "1 complete, 0 pruned, 1 failed" in result.stdout
+    study = journal(repo, "nan")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    (failed,) = [r for r in child_runs(repo, study) if r.data.tags["optuna.trial_number"] == "0"]
+    assert failed.info.status == "FAILED" and failed.data.tags["optuna.state"] == "FAIL"
+
+
+def test_bad_space_is_refused_before_the_first_trial(repo):
+    result = tune(
+        repo, "--study-name", "bad", "-S", "tune.space={model.latent_dim: {low: 64, high: 2}}", check=False
+    )
+    assert result.returncode == 2
+    assert "tune.space.model.latent_dim: low (64) must be below high (2)" in result.stderr
+    with pytest.raises(KeyError):
+        journal(repo, "bad")
+
+
+def assert_each_trial_once(repo: Path, study: optuna.Study, n_trials: int, n_workers: int) -> None:
+    trials = finished(study)
+    assert n_trials <= len(trials) < n_trials + n_workers  # each worker may start one more at the end
+    assert sorted(t.number for t in study.trials) == list(range(len(study.trials)))
+    numbers = [r.data.tags["optuna.trial_number"] for r in child_runs(repo, study)]
+    assert sorted(numbers, key=int) == [str(t.number) for t in study.trials]
+
+
+def test_two_workers_share_a_journal_study(repo):
+    tune(repo, "--n-trials", "4", "--workers", "2", "--study-name", "pair", "-S", "tune.pruner=none")
+    assert_each_trial_once(repo, journal(repo, "pair"), n_trials=4, n_workers=2)
+
+
+@pytest.fixture
+def postgres() -> str:
+    """A real PostgreSQL server on loopback in a scratch directory; yields its URL."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("PostgreSQL is not installed (scripts/test.sh installs Debian's postgresql)")
+    bin_dir = Path(found[-1]).parent
+    home = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+    as_owner: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(home, "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data_dir = home / "data"
+
+    def pg(tool: str, *args: str) -> None:
+        subprocess.run([*as_owner, str(bin_dir / tool), *args], check=True, capture_output=True)
+
+    pg("initdb", "-D", str(data_dir), "-A", "trust", "-U", "postgres")
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
+    pg("pg_ctl", "-D", str(data_dir), "-o", options, "-l", str(home / "log"), "-w", "start")
+    try:
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        pg("pg_ctl", "-D", str(data_dir), "-m", "fast", "-w", "stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_two_workers_share_a_postgresql_study(repo, postgres):
+    tune(
+        repo,
+        "--n-trials",
+        "4",
+        "--workers",
+        "2",
+        "--study-name",
+        "pg",
+        "--storage",
+        postgres,
+        "-S",
+        "tune.pruner=none",
+    )
+    study = optuna.load_study(study_name="pg", storage=postgres)
+    assert_each_trial_once(repo, study, n_trials=4, n_workers=2)
+
+
+def test_optuna_dashboard_reads_the_journal(repo):
+    enqueue(repo, "dash", {"model.latent_dim": 2, "train.learning_rate": 1e-3})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    storage = str(repo / "optuna/journal.log")
+    server = subprocess.Popen(
+        ["optuna-dashboard", storage, "--host", "127.0.0.1", "--port", str(port)],
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    studies = json.load(response)["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "optuna-dashboard did not start"
+                time.sleep(0.5)
+        assert "dash" in {s["study_name"] for s in studies}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_tune_is_a_dvc_stage_outside_the_default_chain(tmp_path, official_dir):
+    budget = {"train.epochs": 1, "data.train_size": 1000, "data.val_size": 500}
+    project = make_repo(
+        tmp_path / "project", {"tune": {"n_trials": 2, "pruner": "none", "overrides": budget}}
+    )
+    assert "tune" not in run(["dvc", "stage", "list", "--name-only"], project).stdout.split()
+    assert (
+        "sweep/dvc.yaml:tune" in run(["dvc", "stage", "list", "--all", "--name-only"], project).stdout.split()
+    )
+    run(["dvc", "repro", "sweep/dvc.yaml"], project)
+    summary = json.loads((project / "sweep/summary.json").read_text())
+    assert summary["trials_complete"] == 2
+    assert (project / "sweep/best_params.yaml").is_file()
