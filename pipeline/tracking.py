@@ -172,14 +172,15 @@ def study_run(params: Params, *, study_name: str, storage: str, run_id: str | No
         tags = {**git_state(Path.cwd()), "pipeline.stage": "tune", "optuna.study_name": study_name}
         run = client.create_run(experiment_id, run_name=f"study {study_name}", tags=tags)
         run_id = run.info.run_id
-        client.log_batch(run_id, params=_as_params({"optuna.storage": storage, **flatten(params)}))
+        values = [
+            mlflow.entities.Param(k, str(v))
+            for k, v in {"optuna.storage": storage, **flatten(params)}.items()
+        ]
+        for start in range(0, len(values), 100):  # the most log_batch takes at once
+            client.log_batch(run_id, params=values[start : start + 100])
     else:
         client.update_run(run_id, status="RUNNING")
     return run_id
-
-
-def _as_params(values: dict[str, Any]) -> list:
-    return [mlflow.entities.Param(k, str(v)) for k, v in values.items()]
 
 
 def end_study_run(run_id: str, *, summary: dict[str, Any], figures: dict[str, Any], status: str) -> None:
