@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from optuna.storages import JournalStorage
+from optuna.storages import JournalStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
 from pipeline.tracking import default_store_uri
@@ -207,6 +207,55 @@ def test_two_workers_share_a_postgresql_study(repo, postgres):
     )
     study = optuna.load_study(study_name="pg", storage=postgres)
     assert_each_trial_once(repo, study, n_trials=4, n_workers=2)
+
+
+def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_once(repo, postgres):
+    heartbeat = ["-S", "tune.heartbeat_interval=1", "-S", "tune.grace_period=3", "-S", "tune.pruner=none"]
+    args = ["python", "-m", "pipeline.tune", *QUICK, "-S", "train.epochs=30", "--storage", postgres]
+    launcher = subprocess.Popen(
+        [*args, "--study-name", "killed", "--n-trials", "1", *heartbeat],
+        cwd=repo,
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the launcher and its worker die together
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            study = optuna.load_study(study_name="killed", storage=postgres)
+            if [t for t in study.trials if t.state.name == "RUNNING"]:
+                break
+        except KeyError:
+            pass
+        assert time.monotonic() < deadline and launcher.poll() is None, "no trial started"
+        time.sleep(0.5)
+    time.sleep(3)  # a few heartbeats in
+    os.killpg(launcher.pid, 9)
+    launcher.wait()
+    time.sleep(4)  # past the grace period
+
+    run(
+        [
+            "python",
+            "-m",
+            "pipeline.tune",
+            *QUICK,
+            "--storage",
+            postgres,
+            "--study-name",
+            "killed",
+            "--n-trials",
+            "2",
+            *heartbeat,
+        ],
+        repo,
+    )
+    study = optuna.load_study(study_name="killed", storage=postgres)
+    killed, retry = study.trials
+    assert (killed.state.name, retry.state.name) == ("FAIL", "COMPLETE")
+    assert RetryFailedTrialCallback.retried_trial_number(retry) == killed.number
+    assert retry.params == killed.params
 
 
 def test_optuna_dashboard_reads_the_journal(repo):
