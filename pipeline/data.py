@@ -107,10 +107,15 @@ def load_official(directory: Path) -> dict[str, Split]:
                 raise DataError(f"{directory}: missing {name}.gz")
         images = parse_idx(read_verified(images_path), IMAGES_MAGIC, images_path)
         labels = parse_idx(read_verified(labels_path), LABELS_MAGIC, labels_path)
-        if len(images) != len(labels):
-            raise DataError(f"{images_path}: {len(images)} images but {labels_path} has {len(labels)} labels")
-        splits[split] = Split(images=images, labels=labels)
+        splits[split] = paired(images, labels, images_path=images_path, labels_path=labels_path)
     return splits
+
+
+def paired(images: np.ndarray, labels: np.ndarray, *, images_path: Path, labels_path: Path) -> Split:
+    """Images with their labels, which must be as many."""
+    if len(images) != len(labels):
+        raise DataError(f"{images_path}: {len(images)} images but {labels_path} has {len(labels)} labels")
+    return Split(images=images, labels=labels)
 
 
 def download(url: str, directory: Path) -> None:

@@ -102,6 +102,7 @@ def main() -> None:
     with tracking.resumed_run(params, "evaluate"):  # anything raised below marks the run FAILED
         tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("evaluate.")})
         splits = data.load_prepared(PREPARED)
+        tracking.check_model_hash(MODEL)
         vae = load_vae(MODEL)
         x_test, y_test = data.to_model_input(splits["test"].images), splits["test"].labels
         x_train = data.to_model_input(splits["train"].images)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,13 +25,23 @@ class ParamsError(PipelineError):
     """`params.yaml` is malformed or holds a bad value; the message names the key."""
 
 
+def interrupt(signum: int, frame: object) -> None:
+    """A signal handler that turns SIGTERM into the KeyboardInterrupt Ctrl-C gives."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's `main`; a PipelineError becomes one line on stderr and exit status 2."""
+    """Run a stage's `main`: a PipelineError becomes one line on stderr and exit status 2;
+    SIGTERM, like Ctrl-C, interrupts it so that open runs are closed as KILLED."""
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         main()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted: recorded as KILLED", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 class _Section(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from statistics import NormalDist
 
@@ -16,7 +15,7 @@ from pipeline.evaluate import encode
 from pipeline.model import VAE, load_vae
 from pipeline.params import Plot, flatten, load_params, run_stage
 from pipeline.prepare import PREPARED
-from pipeline.train import HISTORY, MODEL
+from pipeline.train import HISTORY, MODEL, read_history
 
 FIGURES = Path("plots/figures")
 
@@ -138,19 +137,13 @@ def loss_curves(history: dict[str, list[float]]) -> Figure:
     return fig
 
 
-def read_history(path: Path) -> dict[str, list[float]]:
-    """Keras CSVLogger's file as columns."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return {key: [float(row[key]) for row in rows] for key in rows[0]}
-
-
 def main() -> None:
     params = load_params()
     config = params.plot
     with tracking.resumed_run(params, "plot"):  # anything raised below marks the run FAILED
         tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("plot.")})
         test = data.load_prepared(PREPARED)["test"]
+        tracking.check_model_hash(MODEL)
         vae = load_vae(MODEL)
         x_test, labels = (
             data.to_model_input(test.images)[: config.scatter_points],

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -14,10 +17,11 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import optuna
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
 
-from pipeline.params import PACKAGE_ROOT, Params, flatten
+import optuna
+from pipeline.params import PACKAGE_ROOT, Params, PipelineError, flatten
 
 STORE_DIR = "mlruns"
 RUN_FILE = Path("outputs/mlflow_run.json")
@@ -41,23 +45,99 @@ def default_store_uri(root: Path) -> str:
     return f"sqlite:///{root / STORE_DIR / 'mlflow.db'}"
 
 
+class TrackingError(PipelineError):
+    """The tracking store cannot be used; the message names it."""
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail in seconds, not after MLflow's retries, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI={uri}: the tracking server does not answer ({exc})"
+        ) from None
+
+
 def configure(experiment: str, root: Path | None = None) -> str:
-    """Point MLflow at `MLFLOW_TRACKING_URI` or the local store; return the experiment id."""
+    """Point MLflow at `MLFLOW_TRACKING_URI` or the local store; return the experiment id.
+
+    Also marks runs left RUNNING by processes of this host that have died.
+    """
     root = root or repo_root()
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    artifact_location = None
-    if not uri:
+    if uri:
+        check_reachable(uri)
+        mlflow.set_tracking_uri(uri)
+        experiment_id = _experiment_id(experiment, artifact_location=None)
+    else:
         (root / STORE_DIR).mkdir(exist_ok=True)
-        uri = default_store_uri(root)
-        artifact_location = (root / STORE_DIR / "artifacts").as_uri()
-    mlflow.set_tracking_uri(uri)
-    found = mlflow.get_experiment_by_name(experiment)
+        mlflow.set_tracking_uri(default_store_uri(root))
+        # Processes starting at once on a fresh store: one creates its tables and the experiment.
+        with FileLock(root / STORE_DIR / ".init.lock"):
+            experiment_id = _experiment_id(experiment, (root / STORE_DIR / "artifacts").as_uri())
+    mark_dead_runs(experiment_id)
+    return experiment_id
+
+
+def _experiment_id(name: str, artifact_location: str | None) -> str:
+    found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     try:
-        return mlflow.create_experiment(experiment, artifact_location=artifact_location)
+        return mlflow.create_experiment(name, artifact_location=artifact_location)
     except MlflowException:  # another process created it first
-        return mlflow.get_experiment_by_name(experiment).experiment_id
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process runs this run, so a run it leaves RUNNING can be found after it dies."""
+    return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def mark_dead_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED the RUNNING runs whose owning process on this host no longer exists."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    marked = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get("pipeline.host") != host or not tags.get("pipeline.pid", "").isdigit():
+            continue
+        pid = int(tags["pipeline.pid"])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        client.set_tag(run.info.run_id, "pipeline.died", f"process {pid} ended without closing the run")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        marked.append(run.info.run_id)
+    return marked
+
+
+@contextlib.contextmanager
+def honest_status() -> Iterator[None]:
+    """End the active run KILLED on an interrupt, FAILED on an error, FINISHED otherwise."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
 
 
 def git_state(root: Path) -> dict[str, str]:
@@ -77,17 +157,22 @@ def git_state(root: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def training_run(params: Params) -> Iterator[mlflow.ActiveRun]:
-    """A new run for one trained model: params, git state and data set logged up front.
+def training_run(params: Params, resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A run for one trained model, new or (given its id) continued after an interruption.
 
-    An exception inside the block ends the run FAILED; success ends it FINISHED.
+    Ends FINISHED on success, FAILED on an error and KILLED on an interrupt.
     """
     experiment_id = configure(params.base.tracking.experiment)
-    tags = {**git_state(Path.cwd()), "pipeline.stage": "train"}
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
-        mlflow.log_params(flatten(params))
+    if resume_run_id is not None:
+        run = mlflow.start_run(run_id=resume_run_id)
+        mlflow.set_tags({**owner_tags(), "pipeline.resumed": "true"})
+    else:
+        tags = {**git_state(Path.cwd()), **owner_tags(), "pipeline.stage": "train"}
+        if os.environ.get("DVC_EXP_NAME"):
+            tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+        run = mlflow.start_run(experiment_id=experiment_id, tags=tags)
+    with honest_status():
+        mlflow.log_params(flatten(params))  # the same values again on a resume: accepted
         yield run
 
 
@@ -108,12 +193,13 @@ def write_run_file(run: mlflow.ActiveRun, path: Path = RUN_FILE) -> None:
 def resumed_run(params: Params, stage: str, path: Path = RUN_FILE) -> Iterator[mlflow.ActiveRun]:
     """Re-open the training run named in `path` for a later stage.
 
-    Ends FINISHED on success and FAILED if the stage raises.
+    Ends FINISHED on success, FAILED on an error and KILLED on an interrupt.
     """
     run_id = json.loads(path.read_text())["run_id"]
     configure(params.base.tracking.experiment)
-    with mlflow.start_run(run_id=run_id) as run:
-        mlflow.set_tag(f"pipeline.{stage}", "done")
+    run = mlflow.start_run(run_id=run_id)
+    with honest_status():
+        mlflow.set_tags({**owner_tags(), f"pipeline.{stage}": "done"})
         yield run
 
 
@@ -135,11 +221,47 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
     """MLflow's Keras callback, logging only per epoch with the epoch as step.
 
     Its `on_test_end` would re-log the validation metrics at step 0 after every
-    epoch; Keras already hands them to `on_epoch_end` as `val_*`.
+    epoch; Keras already hands them to `on_epoch_end` as `val_*`. Epochs are logged
+    synchronously, so a killed process loses none, and `skip_steps` (epochs an
+    interrupted attempt already logged) are not logged twice.
     """
+
+    def __init__(self, skip_steps: frozenset[int] = frozenset()):
+        super().__init__()
+        self.skip_steps = skip_steps
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs and epoch not in self.skip_steps:
+            mlflow.log_metrics(logs, step=epoch, synchronous=True)
 
     def on_test_end(self, logs=None) -> None:
         pass
+
+
+def logged_steps(run_id: str, key: str = "loss") -> frozenset[int]:
+    """The epochs a run already holds for a metric."""
+    return frozenset(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key))
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def record_model_hash(path: Path) -> None:
+    """Tag the active run with the saved model's SHA-256."""
+    mlflow.set_tag("model.sha256", file_sha256(path))
+
+
+def check_model_hash(path: Path) -> None:
+    """Refuse a model file that is not the one the active run trained."""
+    recorded = mlflow.get_run(mlflow.active_run().info.run_id).data.tags.get("model.sha256")
+    actual = file_sha256(path)
+    if recorded != actual:
+        raise TrackingError(
+            f"{path}: SHA-256 {actual} differs from {recorded} recorded by the training run; "
+            "re-run `dvc repro` to train it again"
+        )
 
 
 def log_model(vae, example: np.ndarray) -> None:
@@ -169,7 +291,12 @@ def study_run(params: Params, *, study_name: str, storage: str, run_id: str | No
     experiment_id = configure(params.base.tracking.experiment)
     client = mlflow.MlflowClient()
     if run_id is None:
-        tags = {**git_state(Path.cwd()), "pipeline.stage": "tune", "optuna.study_name": study_name}
+        tags = {
+            **git_state(Path.cwd()),
+            **owner_tags(),
+            "pipeline.stage": "tune",
+            "optuna.study_name": study_name,
+        }
         run = client.create_run(experiment_id, run_name=f"study {study_name}", tags=tags)
         run_id = run.info.run_id
         values = [
@@ -180,6 +307,8 @@ def study_run(params: Params, *, study_name: str, storage: str, run_id: str | No
             client.log_batch(run_id, params=values[start : start + 100])
     else:
         client.update_run(run_id, status="RUNNING")
+        for key, value in owner_tags().items():
+            client.set_tag(run_id, key, value)
     return run_id
 
 
@@ -204,7 +333,7 @@ def trial_run(params: Params, *, parent_run_id: str, trial_number: int) -> Itera
     how the block ends: normally (COMPLETE), by `optuna.TrialPruned` (PRUNED), or otherwise (FAIL).
     """
     experiment_id = configure(params.base.tracking.experiment)
-    tags = {"mlflow.parentRunId": parent_run_id, "optuna.trial_number": str(trial_number)}
+    tags = {"mlflow.parentRunId": parent_run_id, "optuna.trial_number": str(trial_number), **owner_tags()}
     outcome: dict[str, Any] = {}
     state = "FAIL"
     mlflow.start_run(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,10 +17,12 @@ import tensorflow as tf
 
 from pipeline import data, tracking
 from pipeline.model import VAE, build_vae
-from pipeline.params import Model, PipelineError, Train, load_params, run_stage
+from pipeline.params import Model, Params, PipelineError, Train, flatten, load_params, run_stage
 from pipeline.prepare import PREPARED, SUMMARY
 
 MODEL = Path("models/vae.keras")
+# Checkpoints of an unfinished training; not a DVC output, so `dvc repro` does not wipe them.
+BACKUP = Path("checkpoints/train")
 HISTORY = Path("plots/history.csv")
 METRICS = Path("metrics/train.json")
 
@@ -65,8 +70,46 @@ def save_model(vae: VAE, path: Path) -> None:
     """Save atomically: a reader never sees a half-written model."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.stem}.partial.keras")
-    vae.save(partial)
-    os.replace(partial, path)
+    try:
+        vae.save(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def training_key(params: Params, data_digest: str) -> str:
+    """What a checkpoint belongs to: the settings that shape training, and the data."""
+    sections = {
+        k: v for k, v in flatten(params).items() if k.split(".")[0] in ("base", "data", "model", "train")
+    }
+    return hashlib.sha256(json.dumps([sections, data_digest], sort_keys=True).encode()).hexdigest()
+
+
+def run_to_resume(key: str) -> str | None:
+    """The MLflow run of an interrupted training with the same key, if its checkpoint is here."""
+    state = BACKUP / "run.json"
+    if state.is_file() and json.loads(state.read_text()).get("key") == key:
+        return json.loads(state.read_text())["run_id"]
+    shutil.rmtree(BACKUP, ignore_errors=True)  # another configuration's leftovers
+    return None
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """Keras CSVLogger's file as columns, one row per epoch (a re-run epoch's last row wins)."""
+    with open(path, newline="") as handle:
+        rows = {int(row["epoch"]): row for row in csv.DictReader(handle)}
+    ordered = [rows[epoch] for epoch in sorted(rows)]
+    return {key: [float(row[key]) for row in ordered] for key in ordered[0]}
+
+
+def write_history(history: dict[str, list[float]], path: Path) -> None:
+    """Columns back to CSV, with `epoch` first as `dvc plots` reads it."""
+    keys = ["epoch", *sorted(k for k in history if k != "epoch")]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(keys)
+        for i in range(len(history["epoch"])):
+            writer.writerow([int(history["epoch"][i]), *(history[k][i] for k in keys[1:])])
 
 
 def main() -> None:
@@ -75,26 +118,44 @@ def main() -> None:
     summary = json.loads(SUMMARY.read_text())
     x_train = data.to_model_input(splits["train"].images)  # (n, 28, 28, 1) in [0, 1]
     x_val = data.to_model_input(splits["val"].images)
-    HISTORY.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
+    key = training_key(params, summary["digest"])
+    resume_run_id = run_to_resume(key)
 
-    with tracking.training_run(params) as run:
-        tracking.log_dataset(x_train, digest=summary["digest"], source=str(PREPARED))
-        vae, history = fit_vae(
+    with tracking.training_run(params, resume_run_id=resume_run_id) as run:
+        BACKUP.mkdir(parents=True, exist_ok=True)
+        (BACKUP / "run.json").write_text(json.dumps({"key": key, "run_id": run.info.run_id}) + "\n")
+        if resume_run_id is None:
+            tracking.log_dataset(x_train, digest=summary["digest"], source=str(PREPARED))
+            already_logged = frozenset()
+        else:
+            already_logged = tracking.logged_steps(resume_run_id)
+            print(f"train: resuming run {resume_run_id} from its last checkpoint")
+        # Order matters at each epoch's end: history and metrics first, then the checkpoint.
+        vae, _ = fit_vae(
             x_train,
             x_val,
             model=params.model,
             train=params.train,
             seed=params.base.seed,
-            callbacks=[keras.callbacks.CSVLogger(str(HISTORY)), tracking.EpochMetrics()],
+            callbacks=[
+                keras.callbacks.CSVLogger(str(BACKUP / "history.csv"), append=True),
+                tracking.EpochMetrics(skip_steps=already_logged),
+                keras.callbacks.BackupAndRestore(str(BACKUP / "state")),
+            ],
         )
-        final = {name: float(values[-1]) for name, values in history.items()}
+        history = read_history(BACKUP / "history.csv")
+        final = {name: values[-1] for name, values in history.items() if name != "epoch"}
         if not all(math.isfinite(v) for v in final.values()):
             raise TrainingError(f"training diverged: final metrics {final}; lower train.learning_rate")
         save_model(vae, MODEL)
+        tracking.record_model_hash(MODEL)
+        for path in (HISTORY, METRICS):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        write_history(history, HISTORY)
         METRICS.write_text(json.dumps(final, indent=2) + "\n")
         tracking.log_model(vae, x_val[:8])
         tracking.write_run_file(run)
+    shutil.rmtree(BACKUP)
     print(f"train: val_loss {final['val_loss']:.3f} nats, run {run.info.run_id}")
 
 

@@ -11,10 +11,12 @@ at the end logs Optuna's figures and writes the best trial's params as overrides
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
 import multiprocessing
+import signal
 import sys
 import time
 import warnings
@@ -22,13 +24,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import optuna
+from filelock import FileLock
 from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from ruamel.yaml import YAML
 
+import optuna
 from pipeline import tracking
 from pipeline.params import (
     Data,
@@ -36,6 +39,7 @@ from pipeline.params import (
     Params,
     ParamsError,
     Tune,
+    interrupt,
     parse_override,
     parse_params,
     read_params,
@@ -187,6 +191,7 @@ def work(raw: dict[str, Any], worker: int) -> None:
     """One worker process: run trials until the study holds `n_trials` finished ones."""
     from pipeline.train import TrainingError
 
+    signal.signal(signal.SIGTERM, interrupt)  # the launcher stops workers with SIGTERM
     params = parse_params(raw)
     tune = params.tune
     study = optuna.load_study(
@@ -224,8 +229,9 @@ def run_workers(raw: dict[str, Any], study: optuna.Study, n_workers: int, n_tria
         with tqdm(total=n_trials, initial=min(_finished(study), n_trials), unit="trial") as bar:
             while any(p.is_alive() for p in processes):
                 time.sleep(1.0)
-                bar.n = min(_finished(study), n_trials)
-                bar.refresh()
+                done = min(_finished(study), n_trials)
+                if done != bar.n:  # redraw only on progress, so logs get a line per trial
+                    bar.update(done - bar.n)
     finally:
         for process in processes:
             if process.is_alive():
@@ -309,25 +315,27 @@ def main(argv: list[str] | None = None) -> None:
     if not tune.space:
         raise ParamsError("tune.space: empty, so there is nothing to search")
 
-    study = optuna.create_study(
-        study_name=tune.study_name,
-        storage=open_storage(tune),
-        direction="minimize",
-        load_if_exists=True,
-    )
-    parent_run_id = tracking.study_run(
-        params,
-        study_name=tune.study_name,
-        storage=storage_url(tune),
-        run_id=study.user_attrs.get(PARENT_RUN_ATTR),
-    )
-    study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
+    # Launchers starting at once on one machine: one creates the study and its parent run.
+    url = storage_url(tune)
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{url}.init.lock") if "://" not in url else contextlib.nullcontext():
+        study = optuna.create_study(
+            study_name=tune.study_name, storage=open_storage(tune), direction="minimize", load_if_exists=True
+        )
+        parent_run_id = tracking.study_run(
+            params, study_name=tune.study_name, storage=url, run_id=study.user_attrs.get(PARENT_RUN_ATTR)
+        )
+        study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
 
     started = time.monotonic()
     status = "FAILED"
     try:
         run_workers(raw, study, tune.workers, tune.n_trials)
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         summary = {**summarise(study), "seconds": round(time.monotonic() - started, 1)}
         tracking.end_study_run(

@@ -1,0 +1,379 @@
+"""Faults and bad input through the real entry points: kills, signals, NaN, mistakes, races, loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from packaging.requirements import Requirement
+from ruamel.yaml import YAML
+
+import optuna
+from pipeline import data, tracking
+from pipeline.model import load_vae
+from pipeline.params import Model, Train
+from pipeline.train import fit_vae, save_model
+from tests.conftest import ROOT, SMALL, make_repo, run, run_env
+
+EXPERIMENT = "fashion-mnist-vae"
+# Long enough to be caught mid-training, short enough to finish quickly.
+RESUMABLE = {**SMALL, "train": {"epochs": 4}}
+
+
+def store(repo: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=tracking.default_store_uri(repo))
+
+
+def all_runs(repo: Path) -> list:
+    client = store(repo)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def start(args: list[str], repo: Path) -> subprocess.Popen:
+    """A command in its own process group, as a terminal would start it."""
+    return subprocess.Popen(
+        args,
+        cwd=repo,
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_for(condition, what: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"{what}: the process ended first:\n{process.stdout.read().decode()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def epochs_done(repo: Path) -> int:
+    path = repo / "checkpoints/train/history.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, official_dir) -> Path:
+    """An uninterrupted run of the resumable config."""
+    repo = make_repo(tmp_path_factory.mktemp("reference"), RESUMABLE)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_losses_and_metrics(reference, tmp_path):
+    again = make_repo(tmp_path / "again", RESUMABLE)
+    run(["dvc", "repro"], again)
+    for name in ("plots/history.csv", "metrics/evaluate.json"):
+        assert (again / name).read_text() == (reference / name).read_text()
+    (first,), (second,) = all_runs(reference), all_runs(again)
+    assert first.data.tags["model.sha256"] == tracking.file_sha256(reference / "models/vae.keras")
+    assert first.data.metrics["test_loss"] == second.data.metrics["test_loss"]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_into_the_same_run(reference, tmp_path):
+    repo = make_repo(tmp_path / "killed", RESUMABLE)
+    process = start(["dvc", "repro"], repo)
+    wait_for(lambda: epochs_done(repo) >= 2, "two epochs", process)
+    os.killpg(process.pid, signal.SIGKILL)  # the machine goes away: no handler runs
+    process.wait()
+    run_id = json.loads((repo / "checkpoints/train/run.json").read_text())["run_id"]
+    lock_before = (repo / "dvc.lock").read_text()
+    assert "train:" not in lock_before
+
+    result = run(["dvc", "repro"], repo)
+    assert f"resuming run {run_id}" in result.stdout
+    assert json.loads((repo / "outputs/mlflow_run.json").read_text())["run_id"] == run_id
+    client = store(repo)
+    resumed = client.get_run(run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["pipeline.resumed"] == "true"
+    for key in ("loss", "val_loss"):
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert sorted(steps) == [0, 1, 2, 3]  # every epoch once
+    assert not (repo / "checkpoints/train").exists()
+    assert len((repo / "plots/history.csv").read_text().splitlines()) == 1 + 4
+
+    # Resuming restores weights, optimizer and epoch but not the shuffling order: close, not equal.
+    expected = json.loads((reference / "metrics/train.json").read_text())
+    got = json.loads((repo / "metrics/train.json").read_text())
+    assert got["val_loss"] == pytest.approx(expected["val_loss"], rel=0.02)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_killed_and_leaves_dvc_lock(tmp_path, official_dir):
+    repo = make_repo(tmp_path / "term", {**SMALL, "train": {"epochs": 200}})
+    run(["dvc", "repro", "prepare"], repo)
+    lock_before = (repo / "dvc.lock").read_text()
+    process = start(["dvc", "repro"], repo)
+    wait_for(lambda: epochs_done(repo) >= 1, "an epoch", process)
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=60) != 0
+    (killed,) = all_runs(repo)
+    assert killed.info.status == "KILLED"
+    assert (repo / "dvc.lock").read_text() == lock_before
+
+    yaml = YAML()
+    params = yaml.load(repo / "params.yaml")
+    params["train"]["epochs"] = 1
+    yaml.dump(params, repo / "params.yaml")
+    run(["dvc", "repro"], repo)  # no clean-up needed
+    assert {r.info.status for r in all_runs(repo)} == {"KILLED", "FINISHED"}
+
+
+def test_run_of_a_dead_process_is_marked_at_next_start(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tracking.configure(EXPERIMENT, root=tmp_path)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    orphan = client.create_run(
+        experiment.experiment_id, tags={"pipeline.host": socket.gethostname(), "pipeline.pid": str(dead.pid)}
+    )
+    alive = client.create_run(experiment.experiment_id, tags=tracking.owner_tags())
+
+    tracking.configure(EXPERIMENT, root=tmp_path)  # what every stage does first
+    assert client.get_run(orphan.info.run_id).info.status == "FAILED"
+    assert "ended without closing" in client.get_run(orphan.info.run_id).data.tags["pipeline.died"]
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+
+
+@pytest.mark.slow
+def test_nan_loss_fails_the_run_and_nothing_downstream_runs(tmp_path, official_dir):
+    repo = make_repo(tmp_path / "nan", {**SMALL, "train": {"learning_rate": 10.0}})
+    result = run(["dvc", "repro"], repo, check=False)
+    assert result.returncode != 0
+    assert "error: the loss became nan" in result.stderr
+    (failed,) = all_runs(repo)
+    assert failed.info.status == "FAILED"
+    assert not (repo / "models/vae.keras").exists() and not (repo / "metrics/evaluate.json").exists()
+
+
+MISTAKES = [
+    ("train", "epochs", "ten", "train.epochs"),
+    ("base", "seed", 4.5, "base.seed"),
+    ("model", "latent_dim", True, "model.latent_dim"),
+    ("model", "latent_dim", 0, "model.latent_dim"),
+    ("train", "batch_size", 0, "train.batch_size"),
+    ("train", "learning_rate", -0.001, "train.learning_rate"),
+    ("data", "val_size", 70000, "data.val_size"),
+    ("model", "lattent_dim", 2, "model.lattent_dim"),
+    ("trian", "epochs", 2, "trian"),
+]
+
+
+@pytest.fixture(scope="module")
+def locked_repo(tmp_path_factory) -> Path:
+    """A project copy with the committed dvc.lock of a real default run."""
+    repo = make_repo(tmp_path_factory.mktemp("locked"), {})
+    shutil.copy(ROOT / "dvc.lock", repo / "dvc.lock")
+    return repo
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("section", "key", "value", "named"), MISTAKES)
+def test_params_mistake_stops_before_any_work(locked_repo, section, key, value, named):
+    original = (locked_repo / "params.yaml").read_text()
+    yaml = YAML()
+    params = yaml.load(locked_repo / "params.yaml")
+    params.setdefault(section, {})[key] = value
+    yaml.dump(params, locked_repo / "params.yaml")
+    lock = (locked_repo / "dvc.lock").read_text()
+    try:
+        result = run(["dvc", "repro"], locked_repo, check=False)
+    finally:
+        (locked_repo / "params.yaml").write_text(original)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and named in errors[0]
+    assert (locked_repo / "dvc.lock").read_text() == lock
+    assert not (locked_repo / "mlruns").exists() and not (locked_repo / "data/prepared").exists()
+
+
+@pytest.mark.slow
+def test_malformed_params_file_is_refused(locked_repo):
+    original = (locked_repo / "params.yaml").read_text()
+    (locked_repo / "params.yaml").write_text(original + "train: [unclosed\n")
+    try:
+        result = run(["python", "-m", "pipeline.prepare"], locked_repo, check=False)
+    finally:
+        (locked_repo / "params.yaml").write_text(original)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "params.yaml: not valid YAML" in last
+
+
+def test_image_and_label_counts_must_agree():
+    with pytest.raises(data.DataError, match=r"images\.gz: 3 images but labels\.gz has 2 labels"):
+        data.paired(
+            np.zeros((3, 28, 28)), np.zeros(2), images_path=Path("images.gz"), labels_path=Path("labels.gz")
+        )
+
+
+@pytest.mark.slow
+def test_unreachable_tracking_server_is_refused_before_training(tmp_path, official_dir):
+    repo = make_repo(tmp_path / "offline", SMALL)
+    run(["dvc", "repro", "prepare"], repo)
+    result = run(
+        ["python", "-m", "pipeline.train"],
+        repo,
+        check=False,
+        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+    )
+    assert result.returncode == 2
+    assert (
+        "error: MLFLOW_TRACKING_URI=http://127.0.0.1:9: the tracking server does not answer" in result.stderr
+    )
+    assert not (repo / "checkpoints").exists()
+
+
+def test_failed_save_keeps_the_previous_model(tmp_path):
+    vae, _ = fit_vae(
+        np.zeros((100, 28, 28, 1), "float32"),
+        np.zeros((100, 28, 28, 1), "float32"),
+        model=Model(),
+        train=Train(epochs=1),
+        seed=0,
+        verbose=0,
+    )
+    path = tmp_path / "vae.keras"
+    save_model(vae, path)
+    good = path.read_bytes()
+
+    def broken_save(target, **kwargs):
+        Path(target).write_bytes(b"half a model")
+        raise OSError("disk full")
+
+    vae.save = broken_save
+    with pytest.raises(OSError, match="disk full"):
+        save_model(vae, path)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae.keras"]
+
+
+def test_lambda_layer_is_refused_on_load(tmp_path):
+    inputs = keras.Input((2,))
+    crafted = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    crafted.save(tmp_path / "crafted.keras")
+    with pytest.raises(ValueError, match="Lambda"):
+        load_vae(tmp_path / "crafted.keras")
+
+
+def test_nothing_unpickles_or_loads_unsafely():
+    source = "\n".join(p.read_text() for p in (ROOT / "pipeline").glob("*.py"))
+    for unsafe in ("import pickle", "allow_pickle=True", "safe_mode=False", "joblib.load", "torch.load"):
+        assert unsafe not in source
+
+
+def test_installed_versions_meet_the_security_floors():
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    requirements = {Requirement(line).name: Requirement(line) for line in declared}
+    assert requirements["keras"].specifier.contains("3.13.2") and not requirements[
+        "keras"
+    ].specifier.contains("3.13.1")
+    assert not requirements["mlflow"].specifier.contains("3.7.0")
+    for name, requirement in requirements.items():
+        assert requirement.specifier.contains(version(name), prereleases=True), f"{name} {version(name)}"
+
+
+@pytest.mark.slow
+def test_four_workers_on_the_journal_record_every_trial_once(tmp_path, official_dir):
+    repo = make_repo(tmp_path / "four", {})
+    quick = [
+        "-S",
+        "train.epochs=1",
+        "-S",
+        "data.train_size=500",
+        "-S",
+        "data.val_size=200",
+        "-S",
+        "tune.pruner=none",
+    ]
+    run(
+        [
+            "python",
+            "-m",
+            "pipeline.tune",
+            *quick,
+            "--workers",
+            "4",
+            "--n-trials",
+            "6",
+            "--study-name",
+            "four",
+        ],
+        repo,
+    )
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(repo / "optuna/journal.log"))
+    )
+    study = optuna.load_study(study_name="four", storage=storage)
+    numbers = sorted(t.number for t in study.trials)
+    assert numbers == list(range(len(numbers))) and 6 <= len(numbers) < 10
+    trial_runs = [r for r in all_runs(repo) if "optuna.trial_number" in r.data.tags]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in trial_runs) == numbers
+
+
+@pytest.mark.slow
+def test_fresh_store_started_by_several_processes_at_once(tmp_path, official_dir):
+    repo = make_repo(tmp_path / "race", {})
+    quick = [
+        "-S",
+        "train.epochs=1",
+        "-S",
+        "data.train_size=300",
+        "-S",
+        "data.val_size=100",
+        "-S",
+        "tune.pruner=none",
+    ]
+    processes = [
+        start(["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "race"], repo)
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=300)[0].decode() for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    assert len(store(repo).search_experiments(filter_string=f"name = '{EXPERIMENT}'")) == 1
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(repo / "optuna/journal.log"))
+    )
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["race"]
+    parents = [r for r in all_runs(repo) if r.data.tags.get("pipeline.stage") == "tune"]
+    assert len(parents) == 1
+
+
+@pytest.mark.slow
+def test_two_queue_workers_complete_both_runs(tmp_path, official_dir):
+    repo = make_repo(tmp_path / "queue", {**SMALL, "train": {"epochs": 1}})
+    for latent_dim in (3, 4):
+        run(["dvc", "exp", "run", "--queue", "-S", f"model.latent_dim={latent_dim}"], repo)
+    run(["dvc", "queue", "start", "-j", "2"], repo)
+    deadline = time.monotonic() + 600
+    while True:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if status.count("Success") == 2:
+            break
+        assert "Failed" not in status, status
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    run(["dvc", "queue", "stop", "--kill"], repo, check=False)
+    finished = [r for r in all_runs(repo) if r.info.status == "FINISHED"]
+    assert sorted(r.data.params["model.latent_dim"] for r in finished) == ["3", "4"]
