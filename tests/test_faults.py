@@ -125,6 +125,9 @@ def test_sigterm_ends_the_run_killed_and_leaves_dvc_lock(tmp_path, official_dir)
     wait_for(lambda: epochs_done(repo) >= 1, "an epoch", process)
     os.killpg(process.pid, signal.SIGTERM)
     assert process.wait(timeout=60) != 0
+    deadline = time.monotonic() + 60  # dvc exits at once; its stage process is still closing the run
+    while all_runs(repo)[0].info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
     (killed,) = all_runs(repo)
     assert killed.info.status == "KILLED"
     assert (repo / "dvc.lock").read_text() == lock_before
@@ -377,3 +380,32 @@ def test_two_queue_workers_complete_both_runs(tmp_path, official_dir):
     run(["dvc", "queue", "stop", "--kill"], repo, check=False)
     finished = [r for r in all_runs(repo) if r.info.status == "FINISHED"]
     assert sorted(r.data.params["model.latent_dim"] for r in finished) == ["3", "4"]
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir):
+    repo = make_repo(tmp_path / "sweep-term", {})
+    quick = [
+        "-S",
+        "train.epochs=200",
+        "-S",
+        "data.train_size=500",
+        "-S",
+        "data.val_size=200",
+        "-S",
+        "tune.pruner=none",
+    ]
+    process = start(
+        ["python", "-m", "pipeline.tune", *quick, "--n-trials", "2", "--study-name", "term"], repo
+    )
+    wait_for(lambda: any("optuna.trial_number" in r.data.tags for r in all_runs(repo)), "a trial", process)
+    time.sleep(3)
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=120) == 130
+    statuses = {r.data.tags.get("optuna.trial_number", "parent"): r.info.status for r in all_runs(repo)}
+    assert statuses == {"parent": "KILLED", "0": "FAILED"}
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(repo / "optuna/journal.log"))
+    )
+    (trial,) = optuna.load_study(study_name="term", storage=storage).trials
+    assert trial.state.name == "FAIL"

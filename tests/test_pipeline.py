@@ -149,7 +149,8 @@ def test_failed_stage_marks_run_failed(repo):
     tracked = run_of(repo)
     (repo / "models/vae.keras").write_bytes(b"truncated")
     result = run(["python", "-m", "pipeline.evaluate"], repo, check=False)
-    assert result.returncode != 0
+    assert result.returncode == 2
+    assert "models/vae.keras: SHA-256" in result.stderr.splitlines()[-1]
     assert client(repo).get_run(tracked.info.run_id).info.status == "FAILED"
 
 
