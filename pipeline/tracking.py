@@ -172,7 +172,10 @@ def training_run(params: Params, resume_run_id: str | None = None) -> Iterator[m
             tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
         run = mlflow.start_run(experiment_id=experiment_id, tags=tags)
     with honest_status():
-        mlflow.log_params(flatten(params))  # the same values again on a resume: accepted
+        if resume_run_id is None:
+            mlflow.log_params(flatten(params))
+        else:  # settings outside training (e.g. plot.*) may have changed meanwhile
+            log_stage_params(flatten(params))
         yield run
 
 

@@ -273,12 +273,17 @@ def study_figures(study: optuna.Study, space: dict[str, Dimension]) -> dict[str,
 
 def summarise(study: optuna.Study) -> dict[str, Any]:
     """Counts by state, and the best trial if any completed."""
-    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials)
     summary: dict[str, Any] = {
         "trials_complete": counts["COMPLETE"],
         "trials_pruned": counts["PRUNED"],
         "trials_failed": counts["FAIL"],
     }
+    ended = [t for t in trials if t.datetime_start and t.datetime_complete]
+    if ended:  # across every session that worked on the study
+        span = max(t.datetime_complete for t in ended) - min(t.datetime_start for t in ended)
+        summary["study_wall_seconds"] = round(span.total_seconds(), 1)
     if counts["COMPLETE"]:
         best = study.best_trial
         summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
