@@ -99,7 +99,7 @@ def main() -> None:
     config = params.evaluate
     rng = np.random.default_rng(params.base.seed)
 
-    with tracking.resumed_run(params, "evaluate"):  # anything raised below marks the run FAILED
+    with tracking.resumed_run(params, "evaluate"):  # an error below ends the run FAILED, an interrupt KILLED
         tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("evaluate.")})
         splits = data.load_prepared(PREPARED)
         tracking.check_model_hash(MODEL)

@@ -140,7 +140,7 @@ def loss_curves(history: dict[str, list[float]]) -> Figure:
 def main() -> None:
     params = load_params()
     config = params.plot
-    with tracking.resumed_run(params, "plot"):  # anything raised below marks the run FAILED
+    with tracking.resumed_run(params, "plot"):  # an error below ends the run FAILED, an interrupt KILLED
         tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("plot.")})
         test = data.load_prepared(PREPARED)["test"]
         tracking.check_model_hash(MODEL)
@@ -149,7 +149,7 @@ def main() -> None:
             data.to_model_input(test.images)[: config.scatter_points],
             test.labels[: config.scatter_points],
         )
-        mu, _ = encode(vae.encoder, x_test, batch_size=500)
+        mu, _ = encode(vae.encoder, x_test, batch_size=params.evaluate.batch_size)
         n = min(config.n_reconstructions, len(x_test))
         figures = {
             "latent_scatter.png": latent_scatter(mu, labels),
