@@ -82,6 +82,22 @@ def make_repo(target: Path, overrides: dict[str, dict]) -> Path:
     return target
 
 
+def overrides(**settings) -> list[str]:
+    """`-S key=value` arguments; `train__epochs=2` stands for `train.epochs=2`."""
+    return [arg for key, value in settings.items() for arg in ("-S", f"{key.replace('__', '.')}={value}")]
+
+
+def journal_study(repo: Path, study_name: str):
+    """A study in the project copy's default journal file."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    import optuna
+
+    storage = JournalStorage(JournalFileBackend(str(repo / "optuna/journal.log")))
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
 SMALL = {
     "data": {"train_size": 2000, "val_size": 500, "test_size": 500},
     "train": {"epochs": 2},

@@ -25,7 +25,7 @@ from pipeline import data, tracking
 from pipeline.model import load_vae
 from pipeline.params import Model, Train
 from pipeline.train import fit_vae, save_model
-from tests.conftest import ROOT, SMALL, make_repo, run, run_env
+from tests.conftest import ROOT, SMALL, journal_study, make_repo, overrides, run, run_env
 
 EXPERIMENT = "fashion-mnist-vae"
 # Long enough to be caught mid-training, short enough to finish quickly.
@@ -300,16 +300,7 @@ def test_installed_versions_meet_the_security_floors():
 @pytest.mark.slow
 def test_four_workers_on_the_journal_record_every_trial_once(tmp_path, official_dir):
     repo = make_repo(tmp_path / "four", {})
-    quick = [
-        "-S",
-        "train.epochs=1",
-        "-S",
-        "data.train_size=500",
-        "-S",
-        "data.val_size=200",
-        "-S",
-        "tune.pruner=none",
-    ]
+    quick = overrides(train__epochs=1, data__train_size=500, data__val_size=200, tune__pruner="none")
     run(
         [
             "python",
@@ -325,10 +316,7 @@ def test_four_workers_on_the_journal_record_every_trial_once(tmp_path, official_
         ],
         repo,
     )
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(repo / "optuna/journal.log"))
-    )
-    study = optuna.load_study(study_name="four", storage=storage)
+    study = journal_study(repo, "four")
     numbers = sorted(t.number for t in study.trials)
     assert numbers == list(range(len(numbers))) and 6 <= len(numbers) < 10
     trial_runs = [r for r in all_runs(repo) if "optuna.trial_number" in r.data.tags]
@@ -338,16 +326,7 @@ def test_four_workers_on_the_journal_record_every_trial_once(tmp_path, official_
 @pytest.mark.slow
 def test_fresh_store_started_by_several_processes_at_once(tmp_path, official_dir):
     repo = make_repo(tmp_path / "race", {})
-    quick = [
-        "-S",
-        "train.epochs=1",
-        "-S",
-        "data.train_size=300",
-        "-S",
-        "data.val_size=100",
-        "-S",
-        "tune.pruner=none",
-    ]
+    quick = overrides(train__epochs=1, data__train_size=300, data__val_size=100, tune__pruner="none")
     processes = [
         start(["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "race"], repo)
         for _ in range(3)
@@ -355,10 +334,10 @@ def test_fresh_store_started_by_several_processes_at_once(tmp_path, official_dir
     outputs = [p.communicate(timeout=300)[0].decode() for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
     assert len(store(repo).search_experiments(filter_string=f"name = '{EXPERIMENT}'")) == 1
-    storage = optuna.storages.JournalStorage(
+    journal = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(repo / "optuna/journal.log"))
     )
-    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["race"]
+    assert [s.study_name for s in optuna.get_all_study_summaries(journal)] == ["race"]
     parents = [r for r in all_runs(repo) if r.data.tags.get("pipeline.stage") == "tune"]
     assert len(parents) == 1
 
@@ -385,16 +364,7 @@ def test_two_queue_workers_complete_both_runs(tmp_path, official_dir):
 @pytest.mark.slow
 def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir):
     repo = make_repo(tmp_path / "sweep-term", {})
-    quick = [
-        "-S",
-        "train.epochs=200",
-        "-S",
-        "data.train_size=500",
-        "-S",
-        "data.val_size=200",
-        "-S",
-        "tune.pruner=none",
-    ]
+    quick = overrides(train__epochs=200, data__train_size=500, data__val_size=200, tune__pruner="none")
     process = start(
         ["python", "-m", "pipeline.tune", *quick, "--n-trials", "2", "--study-name", "term"], repo
     )
@@ -404,8 +374,5 @@ def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir):
     assert process.wait(timeout=120) == 130
     statuses = {r.data.tags.get("optuna.trial_number", "parent"): r.info.status for r in all_runs(repo)}
     assert statuses == {"parent": "KILLED", "0": "FAILED"}
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(repo / "optuna/journal.log"))
-    )
-    (trial,) = optuna.load_study(study_name="term", storage=storage).trials
+    (trial,) = journal_study(repo, "term").trials
     assert trial.state.name == "FAIL"

@@ -14,27 +14,22 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
-import optuna
 import pytest
 from optuna.storages import JournalStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
+import optuna
 from pipeline.tracking import default_store_uri
-from tests.conftest import make_repo, run, run_env
+from tests.conftest import journal_study, make_repo, overrides, run, run_env
 
 pytestmark = pytest.mark.slow
 # A search small enough for seconds per trial: 1,000 images, 2 epochs.
-QUICK = ["-S", "train.epochs=2", "-S", "data.train_size=1000", "-S", "data.val_size=500"]
+QUICK = overrides(train__epochs=2, data__train_size=1000, data__val_size=500)
 STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def tune(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run(["python", "-m", "pipeline.tune", *QUICK, *args], repo, check=check)
-
-
-def journal(repo: Path, study_name: str) -> optuna.Study:
-    storage = JournalStorage(JournalFileBackend(str(repo / "optuna/journal.log")))
-    return optuna.load_study(study_name=study_name, storage=storage)
 
 
 def child_runs(repo: Path, study: optuna.Study) -> list:
@@ -57,7 +52,7 @@ def test_search_tracks_every_trial_and_resumes(repo):
     result = tune(repo, "--n-trials", "3", "--study-name", "main", "-S", "tune.pruner=none")
     assert "3 complete, 0 pruned, 0 failed" in result.stdout
 
-    study = journal(repo, "main")
+    study = journal_study(repo, "main")
     assert len(finished(study)) == 3
     client = mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
@@ -84,7 +79,7 @@ def test_search_tracks_every_trial_and_resumes(repo):
     assert overrides[:2] == ["-S", f"model.latent_dim={study.best_params['model.latent_dim']}"]
 
     tune(repo, "--n-trials", "4", "--study-name", "main", "-S", "tune.pruner=none")
-    study = journal(repo, "main")
+    study = journal_study(repo, "main")
     assert len(finished(study)) == 4  # a total, not four more
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     assert len(child_runs(repo, study)) == 4
@@ -115,7 +110,7 @@ def test_median_pruner_prunes_a_hopeless_trial(repo):
         "tune.pruner_warmup_epochs=0",
     ]
     tune(repo, "--n-trials", "2", "--study-name", "prune", *args)
-    study = journal(repo, "prune")
+    study = journal_study(repo, "prune")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
     (pruned,) = [r for r in child_runs(repo, study) if r.data.tags["optuna.trial_number"] == "1"]
     assert pruned.info.status == "KILLED" and pruned.data.tags["optuna.state"] == "PRUNED"
@@ -131,7 +126,7 @@ def test_nan_trial_fails_and_the_study_goes_on(repo):
     )
     result = tune(repo, "--n-trials", "2", "--study-name", "nan", "-S", space, "-S", "tune.pruner=none")
     assert "1 complete, 0 pruned, 1 failed" in result.stdout
-    study = journal(repo, "nan")
+    study = journal_study(repo, "nan")
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     (failed,) = [r for r in child_runs(repo, study) if r.data.tags["optuna.trial_number"] == "0"]
     assert failed.info.status == "FAILED" and failed.data.tags["optuna.state"] == "FAIL"
@@ -144,7 +139,7 @@ def test_bad_space_is_refused_before_the_first_trial(repo):
     assert result.returncode == 2
     assert "tune.space.model.latent_dim: low (64) must be below high (2)" in result.stderr
     with pytest.raises(KeyError):
-        journal(repo, "bad")
+        journal_study(repo, "bad")
 
 
 def assert_each_trial_once(repo: Path, study: optuna.Study, n_trials: int, n_workers: int) -> None:
@@ -157,7 +152,7 @@ def assert_each_trial_once(repo: Path, study: optuna.Study, n_trials: int, n_wor
 
 def test_two_workers_share_a_journal_study(repo):
     tune(repo, "--n-trials", "4", "--workers", "2", "--study-name", "pair", "-S", "tune.pruner=none")
-    assert_each_trial_once(repo, journal(repo, "pair"), n_trials=4, n_workers=2)
+    assert_each_trial_once(repo, journal_study(repo, "pair"), n_trials=4, n_workers=2)
 
 
 @pytest.fixture
