@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.params import PipelineError
+from pipeline.params import Data, PipelineError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASS_NAMES = (
@@ -178,6 +178,19 @@ def split_data(
         name: Split(official[source].images[rows], official[source].labels[rows])
         for name, (source, rows) in chosen.items()
     }
+
+
+def load_splits(config: Data, *, seed: int) -> tuple[Path, dict[str, Split]]:
+    """The verified official files for `config`, and their seeded train/validation/test split."""
+    source = find_source(config.source, config.url)
+    splits = split_data(
+        load_official(source),
+        val_size=config.val_size,
+        train_size=config.train_size,
+        test_size=config.test_size,
+        seed=seed,
+    )
+    return source, splits
 
 
 def digest(splits: dict[str, Split]) -> str:

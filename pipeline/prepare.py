@@ -30,14 +30,7 @@ def summarise(splits: dict[str, data.Split], *, source: Path) -> dict:
 
 def main() -> None:
     params = load_params()
-    source = data.find_source(params.data.source, params.data.url)
-    splits = data.split_data(
-        data.load_official(source),
-        val_size=params.data.val_size,
-        train_size=params.data.train_size,
-        test_size=params.data.test_size,
-        seed=params.base.seed,
-    )
+    source, splits = data.load_splits(params.data, seed=params.base.seed)
     data.save_prepared(splits, PREPARED)
     summary = summarise(splits, source=source)
     SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")

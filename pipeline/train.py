@@ -88,8 +88,9 @@ def training_key(params: Params, data_digest: str) -> str:
 def run_to_resume(key: str) -> str | None:
     """The MLflow run of an interrupted training with the same key, if its checkpoint is here."""
     state = BACKUP / "run.json"
-    if state.is_file() and json.loads(state.read_text()).get("key") == key:
-        return json.loads(state.read_text())["run_id"]
+    saved = json.loads(state.read_text()) if state.is_file() else {}
+    if saved.get("key") == key:
+        return saved["run_id"]
     shutil.rmtree(BACKUP, ignore_errors=True)  # another configuration's leftovers
     return None
 

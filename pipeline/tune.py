@@ -151,14 +151,7 @@ def load_arrays(data_params: Data, seed: int):
     """Train and validation images for a data config, loaded once per worker."""
     from pipeline import data
 
-    source = data.find_source(data_params.source, data_params.url)
-    splits = data.split_data(
-        data.load_official(source),
-        val_size=data_params.val_size,
-        train_size=data_params.train_size,
-        test_size=data_params.test_size,
-        seed=seed,
-    )
+    _, splits = data.load_splits(data_params, seed=seed)
     return data.to_model_input(splits["train"].images), data.to_model_input(splits["val"].images)
 
 
