@@ -141,7 +141,8 @@ def main() -> None:
             callbacks=[
                 keras.callbacks.CSVLogger(str(BACKUP / "history.csv"), append=True),
                 tracking.EpochMetrics(skip_steps=already_logged),
-                keras.callbacks.BackupAndRestore(str(BACKUP / "state")),
+                # Two checkpoints: a kill while one is being written leaves the other to resume from.
+                keras.callbacks.BackupAndRestore(str(BACKUP / "state"), double_checkpoint=True),
             ],
         )
         history = read_history(BACKUP / "history.csv")
