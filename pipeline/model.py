@@ -156,7 +156,10 @@ class VAE(keras.Model):
 def build_vae(model: Model, train: Train, seed: int) -> VAE:
     """A compiled VAE for the given settings."""
     vae = VAE(build_encoder(model), build_decoder(model), seed=seed, name="vae")
-    vae.compile(optimizer=OPTIMIZERS[train.optimizer](learning_rate=train.learning_rate))
+    vae.compile(
+        optimizer=OPTIMIZERS[train.optimizer](learning_rate=train.learning_rate),
+        steps_per_execution=train.steps_per_execution,
+    )
     vae(keras.ops.zeros((1, IMAGE_SIDE, IMAGE_SIDE, 1)))  # build, so the model saves and loads whole
     return vae
 

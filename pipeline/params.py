@@ -101,6 +101,7 @@ class Train(_Section):
     batch_size: int = Field(100, ge=1)
     learning_rate: float = Field(1e-3, gt=0, le=10)
     optimizer: Literal["nadam", "adam", "adamw", "rmsprop", "sgd"] = "nadam"
+    steps_per_execution: int = Field(50, ge=1)
 
 
 class Evaluate(_Section):

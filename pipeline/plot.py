@@ -145,16 +145,13 @@ def main() -> None:
         test = data.load_prepared(PREPARED)["test"]
         tracking.check_model_hash(MODEL)
         vae = load_vae(MODEL)
-        x_test, labels = (
-            data.to_model_input(test.images)[: config.scatter_points],
-            test.labels[: config.scatter_points],
-        )
-        mu, _ = encode(vae.encoder, x_test, batch_size=params.evaluate.batch_size)
-        n = min(config.n_reconstructions, len(x_test))
+        images, labels = test.images[: config.scatter_points], test.labels[: config.scatter_points]
+        mu, _ = encode(vae.encoder, images, batch_size=params.evaluate.batch_size)
+        n = min(config.n_reconstructions, len(images))
         figures = {
             "latent_scatter.png": latent_scatter(mu, labels),
             "latent_grid.png": latent_grid(vae, mu, config),
-            "reconstructions.png": reconstructions(vae, x_test[:n], labels[:n]),
+            "reconstructions.png": reconstructions(vae, data.to_model_input(images[:n]), labels[:n]),
             "prior_samples.png": prior_samples(vae, config.prior_grid, params.base.seed),
             "loss_curves.png": loss_curves(read_history(HISTORY)),
         }

@@ -40,9 +40,26 @@ class DivergenceGuard(keras.callbacks.Callback):
             raise TrainingError(f"the loss became {float(loss)} at batch {batch}; lower train.learning_rate")
 
 
+def batches(images: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """uint8 images `(n, 28, 28)` -> float32 batches `(b, 28, 28, 1)` in [0, 1].
+
+    The data set stays uint8, a quarter of its float size; each batch is gathered and scaled
+    when it is needed. With `shuffle_seed`, every pass draws a new seeded order.
+    """
+    stored = tf.constant(images)
+    indices = tf.data.Dataset.range(len(images))
+    if shuffle_seed is not None:
+        indices = indices.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def gather(rows):
+        return tf.cast(tf.gather(stored, rows), tf.float32)[..., None] / 255.0  # as data.to_model_input
+
+    return indices.batch(batch_size).map(gather).prefetch(tf.data.AUTOTUNE)
+
+
 def fit_vae(
-    x_train: np.ndarray,
-    x_val: np.ndarray,
+    train_images: np.ndarray,
+    val_images: np.ndarray,
     *,
     model: Model,
     train: Train,
@@ -50,16 +67,15 @@ def fit_vae(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
 ) -> tuple[VAE, dict[str, list[float]]]:
-    """Train a fresh VAE; return it and its per-epoch history (train and `val_` metrics)."""
+    """Train a fresh VAE on uint8 images; return it and its per-epoch history (train and `val_` metrics)."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same machine: same numbers
     vae = build_vae(model, train, seed)
     history = vae.fit(
-        x_train,
-        batch_size=train.batch_size,
+        batches(train_images, train.batch_size, shuffle_seed=seed),
         epochs=train.epochs,
-        validation_data=(x_val,),
-        shuffle=True,
+        validation_data=batches(val_images, train.batch_size),
+        shuffle=False,  # `batches` shuffles, seeded
         callbacks=[DivergenceGuard(), *callbacks],
         verbose=verbose,
     )
@@ -117,8 +133,7 @@ def main() -> None:
     params = load_params()
     splits = data.load_prepared(PREPARED)
     summary = json.loads(SUMMARY.read_text())
-    x_train = data.to_model_input(splits["train"].images)  # (n, 28, 28, 1) in [0, 1]
-    x_val = data.to_model_input(splits["val"].images)
+    train_images, val_images = splits["train"].images, splits["val"].images  # uint8 (n, 28, 28)
     key = training_key(params, summary["digest"])
     resume_run_id = run_to_resume(key)
 
@@ -126,15 +141,15 @@ def main() -> None:
         BACKUP.mkdir(parents=True, exist_ok=True)
         (BACKUP / "run.json").write_text(json.dumps({"key": key, "run_id": run.info.run_id}) + "\n")
         if resume_run_id is None:
-            tracking.log_dataset(x_train, digest=summary["digest"], source=str(PREPARED))
+            tracking.log_dataset(train_images, digest=summary["digest"], source=str(PREPARED))
             already_logged = frozenset()
         else:
             already_logged = tracking.logged_steps(resume_run_id)
             print(f"train: resuming run {resume_run_id} from its last checkpoint")
         # Order matters at each epoch's end: history and metrics first, then the checkpoint.
         vae, _ = fit_vae(
-            x_train,
-            x_val,
+            train_images,
+            val_images,
             model=params.model,
             train=params.train,
             seed=params.base.seed,
@@ -155,7 +170,7 @@ def main() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         write_history(history, HISTORY)
         METRICS.write_text(json.dumps(final, indent=2) + "\n")
-        tracking.log_model(vae, x_val[:8])
+        tracking.log_model(vae, data.to_model_input(val_images[:8]))
         tracking.write_run_file(run)
     shutil.rmtree(BACKUP)
     print(f"train: val_loss {final['val_loss']:.3f} nats, run {run.info.run_id}")

@@ -147,12 +147,12 @@ def suggest(trial: optuna.Trial, space: dict[str, Dimension]) -> dict[str, Any]:
 
 
 @functools.cache
-def load_arrays(data_params: Data, seed: int):
-    """Train and validation images for a data config, loaded once per worker."""
+def load_images(data_params: Data, seed: int):
+    """Train and validation images (uint8) for a data config, loaded once per worker."""
     from pipeline import data
 
     _, splits = data.load_splits(data_params, seed=seed)
-    return data.to_model_input(splits["train"].images), data.to_model_input(splits["val"].images)
+    return splits["train"].images, splits["val"].images
 
 
 def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str) -> float:
@@ -162,11 +162,11 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str) -
     from pipeline.train import TrainingError, fit_vae
 
     params = parse_params(with_overrides(raw, suggest(trial, parse_params(raw).tune.space)))
-    x_train, x_val = load_arrays(params.data, params.base.seed)
+    train_images, val_images = load_images(params.data, params.base.seed)
     with tracking.trial_run(params, parent_run_id=parent_run_id, trial_number=trial.number) as outcome:
         _, history = fit_vae(
-            x_train,
-            x_val,
+            train_images,
+            val_images,
             model=params.model,
             train=params.train,
             seed=params.base.seed,

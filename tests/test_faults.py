@@ -248,8 +248,8 @@ def test_unreachable_tracking_server_is_refused_before_training(tmp_path, offici
 
 def test_failed_save_keeps_the_previous_model(tmp_path):
     vae, _ = fit_vae(
-        np.zeros((100, 28, 28, 1), "float32"),
-        np.zeros((100, 28, 28, 1), "float32"),
+        np.zeros((100, 28, 28), "uint8"),
+        np.zeros((100, 28, 28), "uint8"),
         model=Model(),
         train=Train(epochs=1),
         seed=0,

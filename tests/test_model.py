@@ -1,4 +1,4 @@
-"""The VAE on small real data: shapes, `.keras` round-trip under safe_mode, determinism."""
+"""The VAE on small real data: shapes, `.keras` round-trip under safe_mode, determinism, the IW bound."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pipeline import data
 from pipeline.model import load_vae
 from pipeline.params import Model, Train, parse_params
 from pipeline.tracking import repo_root
-from pipeline.train import fit_vae, save_model
+from pipeline.train import batches, fit_vae, save_model
 
 
 @pytest.fixture(scope="module")
@@ -19,15 +19,15 @@ def small_data(official_dir):
     splits = data.split_data(
         data.load_official(official_dir), val_size=200, train_size=600, test_size=50, seed=0
     )
-    return {name: data.to_model_input(split.images) for name, split in splits.items()}
+    return {name: split.images for name, split in splits.items()}  # uint8, as the stages pass them
 
 
-def train_small(small_data, latent_dim=2, seed=3):
+def train_small(small_data, latent_dim=2, seed=3, steps_per_execution=50):
     return fit_vae(
         small_data["train"],
         small_data["val"],
         model=Model(latent_dim=latent_dim),
-        train=Train(epochs=2, batch_size=100),
+        train=Train(epochs=2, batch_size=100, steps_per_execution=steps_per_execution),
         seed=seed,
         verbose=0,
     )
@@ -54,6 +54,61 @@ def test_same_seed_same_numbers(small_data):
     assert first != other
 
 
+def test_steps_per_execution_changes_no_numbers(small_data):
+    # 6 batches an epoch: one call of 6 (a partial execution of 50), or 6 calls of 1.
+    _, batched = train_small(small_data, steps_per_execution=50)
+    _, single = train_small(small_data, steps_per_execution=1)
+    for key in batched:
+        np.testing.assert_allclose(batched[key], single[key], rtol=1e-5, err_msg=key)
+
+
+def test_batches_scale_uint8_as_the_model_input_and_reshuffle_each_pass():
+    images = np.arange(10 * 28 * 28, dtype=np.uint32).reshape(10, 28, 28).astype(np.uint8)
+    in_order = np.concatenate(list(batches(images, 4).as_numpy_iterator()))
+    np.testing.assert_array_equal(in_order, data.to_model_input(images))
+
+    shuffled = batches(images, 4, shuffle_seed=1)
+    first, second = (np.concatenate(list(shuffled.as_numpy_iterator())) for _ in range(2))
+    rows = [sorted(x[:, 0, 0, 0].tolist()) for x in (first, second)]
+    assert rows[0] == rows[1] == sorted(in_order[:, 0, 0, 0].tolist())  # each pass: every image once
+    assert not np.array_equal(first, second)  # a new order each pass
+
+
+def test_importance_weighted_bound_matches_a_per_sample_loop(small_data):
+    import math
+
+    from scipy.special import logsumexp
+
+    from pipeline.evaluate import importance_weighted_nll
+    from pipeline.model import reconstruction_loss
+
+    vae, _ = train_small(small_data, latent_dim=3)
+    x = data.to_model_input(small_data["test"][:5])
+    mu, logvar = vae.encoder.predict(x, verbose=0)
+    k = 7
+    # batch_size 14: two images per compiled call, three calls, the last one partial.
+    fast = importance_weighted_nll(
+        vae.decoder, x, mu, logvar, k=k, rng=np.random.default_rng(0), batch_size=14
+    )
+
+    rng = np.random.default_rng(0)  # the same draws, (k, images in the call, latent) per call
+    expected = []
+    for start in range(0, 5, 2):
+        eps = rng.standard_normal((k, *mu[start : start + 2].shape), dtype=np.float32)
+        for j in range(eps.shape[1]):
+            i = start + j
+            terms = []
+            for s in range(k):
+                z = mu[i] + np.exp(0.5 * logvar[i]) * eps[s, j]
+                logits = vae.decoder.predict(z[None], verbose=0)
+                log_px_z = -float(reconstruction_loss(x[i : i + 1], logits)[0])
+                log_pz = -0.5 * np.sum(z**2 + math.log(2 * math.pi))
+                log_qz = -0.5 * np.sum(eps[s, j] ** 2 + logvar[i] + math.log(2 * math.pi))
+                terms.append(log_px_z + log_pz - log_qz)
+            expected.append(-(logsumexp(terms) - math.log(k)))
+    np.testing.assert_allclose(fast, expected, rtol=1e-5)
+
+
 def test_keras_round_trip_with_safe_mode(small_data, tmp_path):
     vae, _ = train_small(small_data, latent_dim=3)
     path = tmp_path / "vae.keras"
@@ -61,7 +116,7 @@ def test_keras_round_trip_with_safe_mode(small_data, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae.keras"]  # no partial file left
 
     loaded = load_vae(path)  # safe_mode=True
-    x = small_data["test"][:8]
+    x = data.to_model_input(small_data["test"][:8])
     np.testing.assert_allclose(loaded.predict(x, verbose=0), vae.predict(x, verbose=0), atol=1e-6)
     mu, logvar = loaded.encoder.predict(x, verbose=0)  # the encoder on its own
     assert mu.shape == logvar.shape == (8, 3)

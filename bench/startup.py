@@ -1,0 +1,94 @@
+"""Fixed costs: a no-op `dvc repro`, each stage's imports, the store connection, the model build.
+
+    python bench/startup.py            # in the repository, after `dvc repro` has run once
+
+Each figure is the median of `--repeat` fresh processes, so caches of earlier runs count
+as they would for a person re-running a stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("prepare", "train", "evaluate", "plot", "tune")
+HEAVY = ("tensorflow", "keras", "mlflow", "optuna", "matplotlib", "sklearn", "scipy")
+
+STORE = """
+import tempfile, time
+from pathlib import Path
+import mlflow
+from pipeline import tracking
+with tempfile.TemporaryDirectory() as root:
+    start = time.perf_counter()
+    tracking.configure("bench", root=Path(root))
+    fresh = time.perf_counter() - start
+    start = time.perf_counter()
+    tracking.configure("bench", root=Path(root))
+    print(fresh, time.perf_counter() - start)
+"""
+
+BUILD = """
+import time
+import keras
+from pipeline.model import build_vae
+from pipeline.params import load_params
+params = load_params()
+start = time.perf_counter()
+build_vae(params.model, params.train, params.base.seed)
+print(time.perf_counter() - start)
+"""
+
+
+def timed(args: list[str]) -> tuple[float, str]:
+    """Wall seconds of a command run in the repository, and what it printed."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    start = time.perf_counter()
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"error: {' '.join(args)} exited {result.returncode}:\n{result.stderr[-2000:]}")
+    return elapsed, result.stdout
+
+
+def median_of(repeat: int, args: list[str]) -> tuple[float, str]:
+    runs = [timed(args) for _ in range(repeat)]
+    return statistics.median(t for t, _ in runs), runs[-1][1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="processes per figure (default 3)")
+    args = parser.parse_args()
+    python, dvc = sys.executable, str(Path(sys.executable).with_name("dvc"))
+
+    changed = subprocess.run([dvc, "status", "--quiet"], cwd=ROOT, capture_output=True).returncode != 0
+    if changed:
+        print("no-op dvc repro: skipped, the pipeline is not up to date (run `dvc repro` first)")
+    else:
+        seconds, _ = median_of(args.repeat, [dvc, "repro"])
+        print(f"no-op dvc repro: {seconds:.2f} s")
+
+    baseline, _ = median_of(args.repeat, [python, "-c", "pass"])
+    print(f"python start: {baseline:.2f} s")
+    print("stage imports (seconds over a bare interpreter, heavy packages loaded):")
+    for stage in STAGES:
+        probe = f"import sys, pipeline.{stage}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+        seconds, loaded = median_of(args.repeat, [python, "-c", probe])
+        print(f"  {stage:<9} {seconds - baseline:5.2f} s  {loaded.strip() or '-'}")
+
+    _, out = timed([python, "-c", STORE])
+    fresh, existing = (float(v) for v in out.split())
+    print(f"MLflow store connection: {fresh:.2f} s fresh (tables created), {existing:.2f} s existing")
+    _, out = timed([python, "-c", BUILD])
+    print(f"model build (default params, TensorFlow loaded): {float(out):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
