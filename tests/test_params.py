@@ -32,6 +32,7 @@ def test_exponent_without_dot_is_a_float(tmp_path):
         ({"train": {"batch_size": 0}}, "train.batch_size"),
         ({"train": {"learning_rate": -0.1}}, "train.learning_rate"),
         ({"train": {"optimizer": "adamax"}}, "train.optimizer"),
+        ({"train": {"steps_per_execution": 0}}, "train.steps_per_execution"),
         ({"data": {"val_size": 70000}}, "data.val_size"),
         ({"data": {"train_size": 58000}}, "data.train_size"),
         ({"model": {"latnt_dim": 2}}, "model.latnt_dim"),

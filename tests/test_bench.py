@@ -1,0 +1,41 @@
+"""The benchmark scripts run end to end on small data and print their figures (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, run
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_speed_compares_the_baseline_with_the_stage(official_dir, tmp_path):
+    figures = tmp_path / "speed.json"
+    result = run(
+        [sys.executable, "bench/train_speed.py", "--epochs", "2", "--train-size", "1000",
+         "--json", str(figures)],
+        ROOT,
+    )  # fmt: skip
+    printed = result.stdout
+    assert "1,000 training images per epoch" in printed
+    assert "tracking overhead" in printed
+    report = json.loads(figures.read_text())
+    for variant in ("baseline", "stage", "untracked"):
+        assert report[variant]["seconds_per_epoch"] > 0
+        assert report[variant]["peak_rss"] > 100 * 2**20
+        assert math.isfinite(report[variant]["val_loss"])
+        assert variant in printed
+    # The stage and its training without tracking are the same computation.
+    assert report["stage"]["val_loss"] == report["untracked"]["val_loss"]
+
+
+def test_startup_reports_every_stage(official_dir):
+    printed = run([sys.executable, "bench/startup.py", "--repeat", "1"], ROOT).stdout
+    assert "no-op dvc repro" in printed
+    for stage in ("prepare", "train", "evaluate", "plot", "tune"):
+        assert f"  {stage} " in printed
+    assert "MLflow store connection" in printed and "model build" in printed
