@@ -96,6 +96,7 @@ def child(variant: str, workspace: Path) -> None:
         from pipeline.train import fit_vae
 
         backup = Path("checkpoints/untracked")
+        shutil.rmtree(backup, ignore_errors=True)  # an earlier round's history
         backup.mkdir(parents=True)
         _, history = fit_vae(
             splits["train"].images,
