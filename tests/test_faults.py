@@ -364,7 +364,8 @@ def test_two_queue_workers_complete_both_runs(tmp_path, official_dir):
 @pytest.mark.slow
 def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir):
     repo = make_repo(tmp_path / "sweep-term", {})
-    quick = overrides(train__epochs=200, data__train_size=500, data__val_size=200, tune__pruner="none")
+    # Epochs enough that the trial is still training when the signal comes, however fast it is.
+    quick = overrides(train__epochs=5000, data__train_size=500, data__val_size=200, tune__pruner="none")
     process = start(
         ["python", "-m", "pipeline.tune", *quick, "--n-trials", "2", "--study-name", "term"], repo
     )
