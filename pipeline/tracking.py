@@ -20,7 +20,6 @@ import numpy as np
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
 
-import optuna
 from pipeline.params import PACKAGE_ROOT, Params, PipelineError, flatten
 
 STORE_DIR = "mlruns"
@@ -335,6 +334,8 @@ def trial_run(params: Params, *, parent_run_id: str, trial_number: int) -> Itera
     The block sets `outcome["value"]`; the run's status and `optuna.state` tag follow
     how the block ends: normally (COMPLETE), by `optuna.TrialPruned` (PRUNED), or otherwise (FAIL).
     """
+    from optuna import TrialPruned  # here, so the stages that never prune do not import Optuna
+
     experiment_id = configure(params.base.tracking.experiment)
     tags = {"mlflow.parentRunId": parent_run_id, "optuna.trial_number": str(trial_number), **owner_tags()}
     outcome: dict[str, Any] = {}
@@ -346,7 +347,7 @@ def trial_run(params: Params, *, parent_run_id: str, trial_number: int) -> Itera
         mlflow.log_params(flatten(params))
         yield outcome
         state = "COMPLETE"
-    except optuna.TrialPruned:
+    except TrialPruned:
         state = "PRUNED"
         raise
     finally:
