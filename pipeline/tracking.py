@@ -6,11 +6,13 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -155,6 +157,28 @@ def git_state(root: Path) -> dict[str, str]:
     return {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(dirty).lower()}
 
 
+def run_name(params: Params, exp_name: str | None = None) -> str:
+    """What tells runs apart in the UI's list: the DVC experiment, latent dim and learning rate."""
+    settings = f"latent {params.model.latent_dim}, lr {params.train.learning_rate:.2g}"
+    return f"{settings} · {exp_name}" if exp_name else settings
+
+
+def run_description(params: Params, how: str, git: dict[str, str]) -> str:
+    """The run's description (MLflow's `mlflow.note.content`), in Markdown."""
+    commit = git.get("git.commit", "")[:10]
+    where = f" at commit `{commit}`" + (
+        ", with uncommitted changes" if git.get("git.dirty") == "true" else ""
+    )
+    model, train, data = params.model, params.train, params.data
+    images = f"{data.train_size:,}" if data.train_size else f"all but {data.val_size:,} of the 60,000"
+    return (
+        f"{how}{where if commit else ''}.\n\n"
+        f"Latent dim {model.latent_dim}; {train.optimizer} at learning rate {train.learning_rate:g}, "
+        f"batch {train.batch_size}, {train.epochs} epochs on {images} training images; "
+        f"seed {params.base.seed}."
+    )
+
+
 @contextlib.contextmanager
 def training_run(params: Params, resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """A run for one trained model, new or (given its id) continued after an interruption.
@@ -166,10 +190,18 @@ def training_run(params: Params, resume_run_id: str | None = None) -> Iterator[m
         run = mlflow.start_run(run_id=resume_run_id)
         mlflow.set_tags({**owner_tags(), "pipeline.resumed": "true"})
     else:
-        tags = {**git_state(Path.cwd()), **owner_tags(), "pipeline.stage": "train"}
-        if os.environ.get("DVC_EXP_NAME"):
-            tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-        run = mlflow.start_run(experiment_id=experiment_id, tags=tags)
+        git = git_state(Path.cwd())
+        exp_name = os.environ.get("DVC_EXP_NAME")
+        how = f"`dvc exp run`, experiment `{exp_name}`" if exp_name else "`python -m pipeline.train`"
+        tags = {
+            **git,
+            **owner_tags(),
+            "pipeline.stage": "train",
+            "mlflow.note.content": run_description(params, how, git),
+        }
+        if exp_name:
+            tags["dvc.exp_name"] = exp_name
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(params, exp_name), tags=tags)
     with honest_status():
         if resume_run_id is None:
             mlflow.log_params(flatten(params))
@@ -219,9 +251,19 @@ def log_stage_params(params: dict[str, Any]) -> None:
         mlflow.set_tags(changed)
 
 
-class EpochMetrics(mlflow.keras.MlflowCallback):
-    """MLflow's Keras callback, logging only per epoch with the epoch as step.
+def grouped(name: str) -> str:
+    """Keras' `loss` and `val_loss` -> `loss/train` and `loss/val`.
 
+    MLflow's UI puts metrics that share a prefix before `/` in one section, so each
+    quantity's train and validation curves sit side by side.
+    """
+    return f"{name[4:]}/val" if name.startswith("val_") else f"{name}/train"
+
+
+class EpochMetrics(mlflow.keras.MlflowCallback):
+    """MLflow's Keras callback, logging only per epoch with the epoch as step, as `grouped` names.
+
+    It logs the model summary but not the optimizer's settings, which `train.*` params hold.
     Its `on_test_end` would re-log the validation metrics at step 0 after every
     epoch; Keras already hands them to `on_epoch_end` as `val_*`. Epochs are logged
     synchronously, so a killed process loses none, and `skip_steps` (epochs an
@@ -232,15 +274,21 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
         super().__init__()
         self.skip_steps = skip_steps
 
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # The parent also logs the optimizer's config as params: float32 copies of `train.*`.
+        lines: list[str] = []
+        self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+        mlflow.log_text("\n".join(lines), "model_summary.txt")
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs and epoch not in self.skip_steps:
-            mlflow.log_metrics(logs, step=epoch, synchronous=True)
+            mlflow.log_metrics({grouped(k): v for k, v in logs.items()}, step=epoch, synchronous=True)
 
     def on_test_end(self, logs=None) -> None:
         pass
 
 
-def logged_steps(run_id: str, key: str = "loss") -> frozenset[int]:
+def logged_steps(run_id: str, key: str = "loss/train") -> frozenset[int]:
     """The epochs a run already holds for a metric."""
     return frozenset(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key))
 
@@ -299,6 +347,10 @@ def study_run(params: Params, *, study_name: str, storage: str, run_id: str | No
             "pipeline.stage": "tune",
             "optuna.study_name": study_name,
         }
+        tags["mlflow.note.content"] = (
+            f"Optuna study `{study_name}` ({storage}): each child run is one trial. "
+            f"Compare its best trials with `python -m pipeline.compare --study {study_name}`."
+        )
         run = client.create_run(experiment_id, run_name=f"study {study_name}", tags=tags)
         run_id = run.info.run_id
         values = [
@@ -337,12 +389,17 @@ def trial_run(params: Params, *, parent_run_id: str, trial_number: int) -> Itera
     from optuna import TrialPruned  # here, so the stages that never prune do not import Optuna
 
     experiment_id = configure(params.base.tracking.experiment)
-    tags = {"mlflow.parentRunId": parent_run_id, "optuna.trial_number": str(trial_number), **owner_tags()}
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "optuna.trial_number": str(trial_number),
+        "pipeline.stage": "trial",
+        "mlflow.note.content": run_description(params, f"Optuna trial {trial_number}", {}),
+        **owner_tags(),
+    }
     outcome: dict[str, Any] = {}
     state = "FAIL"
-    mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"trial {trial_number}", parent_run_id=parent_run_id, tags=tags
-    )
+    name = f"trial {trial_number}: {run_name(params)}"
+    mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags)
     try:
         mlflow.log_params(flatten(params))
         yield outcome
@@ -355,3 +412,95 @@ def trial_run(params: Params, *, parent_run_id: str, trial_number: int) -> Itera
         if "value" in outcome:
             mlflow.log_metric("objective_val_loss", outcome["value"])
         mlflow.end_run(status=TRIAL_STATUS[state])
+
+
+# The comparison report: which runs, what they hold, and the small run that carries the report.
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _literal(value: str) -> str:
+    """A quoted string for MLflow's search filter."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def runs_named(experiment_id: str, refs: Sequence[str]) -> list[mlflow.entities.Run]:
+    """Runs by id or by DVC experiment name (the `dvc.exp_name` tag), in the order given."""
+    client = mlflow.MlflowClient()
+    found = []
+    for ref in refs:
+        if RUN_ID.fullmatch(ref):
+            try:
+                found.append(client.get_run(ref))
+                continue
+            except MlflowException:
+                pass
+        matches = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`dvc.exp_name` = {_literal(ref)}",
+            order_by=["attributes.start_time DESC"],
+        )
+        if not matches:
+            raise TrackingError(f"{ref!r} is neither a run id nor a DVC experiment name in the MLflow store")
+        found.append(matches[0])  # the latest, when an experiment name was re-used
+    return found
+
+
+def best_runs(experiment_id: str, n: int) -> list[mlflow.entities.Run]:
+    """The `n` finished trained models with the lowest `test_loss`."""
+    return mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        filter_string="tags.`pipeline.stage` = 'train' and attributes.status = 'FINISHED'",
+        order_by=["metrics.test_loss ASC"],
+        max_results=n,
+    )
+
+
+def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.entities.Run]:
+    """The `n` complete trials of a study with the lowest objective."""
+    client = mlflow.MlflowClient()
+    parents = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`optuna.study_name` = {_literal(study_name)}",
+    )
+    if not parents:
+        raise TrackingError(f"no Optuna study named {study_name!r} in the MLflow store")
+    ids = ", ".join(_literal(run.info.run_id) for run in parents)
+    return client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` IN ({ids}) and tags.`optuna.state` = 'COMPLETE'",
+        order_by=["metrics.objective_val_loss ASC"],
+        max_results=n,
+    )
+
+
+def metric_history(run_id: str, key: str) -> list[float]:
+    """A metric's values in step order."""
+    history = mlflow.MlflowClient().get_metric_history(run_id, key)
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def run_figures(run_id: str) -> dict[str, bytes]:
+    """The PNG figures the `plot` stage logged, by file name; none for a sweep trial."""
+    client = mlflow.MlflowClient()
+    names = [Path(a.path).name for a in client.list_artifacts(run_id, "figures") if a.path.endswith(".png")]
+    if not names:
+        return {}
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(client.download_artifacts(run_id, "figures", folder))
+        return {name: (local / name).read_bytes() for name in names}
+
+
+def log_comparison(experiment_id: str, report: Path, runs: Sequence[mlflow.entities.Run], how: str) -> str:
+    """A small FINISHED run that holds the report as an artifact; return its id."""
+    listing = "\n".join(f"- `{run.info.run_id}` {run.info.run_name}" for run in runs)
+    tags = {
+        **git_state(Path.cwd()),
+        "pipeline.stage": "compare",
+        "compare.run_ids": ",".join(run.info.run_id for run in runs),
+        "mlflow.note.content": f"Comparison report of {len(runs)} runs ({how}); open `{report.name}` "
+        f"under Artifacts.\n\n{listing}",
+    }
+    names = " vs ".join(run.info.run_name for run in runs)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"compare: {names}"[:250], tags=tags) as run:
+        mlflow.log_artifact(str(report))
+    return run.info.run_id

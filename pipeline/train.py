@@ -164,6 +164,7 @@ def main() -> None:
         final = {name: values[-1] for name, values in history.items() if name != "epoch"}
         if not all(math.isfinite(v) for v in final.values()):
             raise TrainingError(f"training diverged: final metrics {final}; lower train.learning_rate")
+        final = {"loss": final["loss"], "val_loss": final["val_loss"]}  # the rest is in history.csv
         save_model(vae, MODEL)
         tracking.record_model_hash(MODEL)
         for path in (HISTORY, METRICS):

@@ -104,7 +104,7 @@ def test_killed_training_resumes_into_the_same_run(reference, tmp_path):
     client = store(repo)
     resumed = client.get_run(run_id)
     assert resumed.info.status == "FINISHED" and resumed.data.tags["pipeline.resumed"] == "true"
-    for key in ("loss", "val_loss"):
+    for key in ("loss/train", "loss/val"):
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert sorted(steps) == [0, 1, 2, 3]  # every epoch once
     assert not (repo / "checkpoints/train").exists()

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from ruamel.yaml import YAML
 
+from pipeline import data
 from pipeline.tracking import default_store_uri
 from tests.conftest import SMALL, make_repo, run, run_env
 
@@ -77,7 +78,9 @@ def test_outputs_and_dvc_metrics(repo):
     assert 100 < metrics["test_loss"] < 700
     assert metrics["test_iw_nll"] <= metrics["test_loss"] + 1.0  # the IW bound is the tighter one
     assert 0 <= metrics["knn_accuracy"] <= 1 and 0 <= metrics["active_units"] <= 2
-    assert len(metrics["test_reconstruction_by_class"]) == 10
+    by_class = json.loads((repo / "plots/reconstruction_by_class.json").read_text())
+    assert [row["class"] for row in by_class] == list(data.CLASS_NAMES)
+    assert all(row["reconstruction"] > 0 for row in by_class)
 
 
 def test_mlflow_run_holds_all_four_stages(repo):
@@ -86,11 +89,16 @@ def test_mlflow_run_holds_all_four_stages(repo):
     params = tracked.data.params
     assert params["train.epochs"] == "2" and params["model.latent_dim"] == "2"
     assert params["train.learning_rate"] == "0.001" and params["plot.grid_size"] == "5"
-    history = client(repo).get_metric_history(tracked.info.run_id, "val_loss")
-    assert sorted(m.step for m in history) == [0, 1]
+    assert not any(key.startswith("optimizer_") for key in params)  # no float32 copies of train.*
+    for key in ("loss/train", "loss/val", "kl/val", "reconstruction/train"):  # grouped per quantity
+        history = client(repo).get_metric_history(tracked.info.run_id, key)
+        assert sorted(m.step for m in history) == [0, 1]
+    assert tracked.info.run_name == "latent 2, lr 0.001"
+    description = tracked.data.tags["mlflow.note.content"]
+    assert "Latent dim 2; nadam at learning rate 0.001, batch 100, 2 epochs on 2,000 training" in description
     evaluated = json.loads((repo / "metrics/evaluate.json").read_text())
     assert tracked.data.metrics["test_loss"] == pytest.approx(evaluated["test_loss"])
-    assert "test_reconstruction_by_class.t_shirt_top" in tracked.data.metrics
+    assert "reconstruction_by_class/t_shirt_top" in tracked.data.metrics
 
     figures = {a.path for a in client(repo).list_artifacts(tracked.info.run_id, "figures")}
     assert figures == {f"figures/{name}.png" for name in FIGURES}
@@ -142,6 +150,7 @@ def test_exp_run_with_override_is_listed_with_params_and_metrics(repo):
     assert set(by_dim) == {"2", "8"}
     assert by_dim["8"].info.status == "FINISHED" and "dvc.exp_name" in by_dim["8"].data.tags
     assert by_dim["8"].data.tags["dvc.exp_name"] == experiment["Experiment"]
+    assert by_dim["8"].info.run_name == f"latent 8, lr 0.001 · {experiment['Experiment']}"
     assert by_dim["8"].data.tags["git.dirty"] == "true"  # params.yaml differs from the commit
 
 

@@ -70,8 +70,11 @@ def test_search_tracks_every_trial_and_resumes(repo):
         assert tracked.data.params["train.epochs"] == "2"  # -S beats the default budget
         assert tracked.data.params["data.train_size"] == "1000"
         assert tracked.data.metrics["objective_val_loss"] == pytest.approx(trial.value)
-        history = client.get_metric_history(tracked.info.run_id, "val_loss")
+        history = client.get_metric_history(tracked.info.run_id, "loss/val")
         assert sorted(m.step for m in history) == [0, 1]
+        assert tracked.info.run_name.startswith(
+            f"trial {trial.number}: latent {trial.params['model.latent_dim']}"
+        )
 
     best = (repo / "sweep/best_params.yaml").read_text()
     assert f"model.latent_dim: {study.best_params['model.latent_dim']}" in best
@@ -251,6 +254,20 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_once(repo, postg
     assert (killed.state.name, retry.state.name) == ("FAIL", "COMPLETE")
     assert RetryFailedTrialCallback.retried_trial_number(retry) == killed.number
     assert retry.params == killed.params
+
+
+def test_compare_report_of_a_study_best_trials(repo, tmp_path):
+    tune(repo, "--n-trials", "3", "--study-name", "cmp", "-S", "tune.pruner=none")
+    best = sorted(journal_study(repo, "cmp").trials, key=lambda t: t.value)[:2]
+    report = tmp_path / "study.html"
+    result = run(
+        ["python", "-m", "pipeline.compare", "--study", "cmp", "--best", "2", "--output", str(report)], repo
+    )
+    assert "compare: 2 runs" in result.stdout
+    html = report.read_text()
+    names = [f"trial {t.number}: latent {t.params['model.latent_dim']}" for t in best]
+    assert all(name in html for name in names) and html.index(names[0]) < html.index(names[1])
+    assert html.count("not plotted: a sweep trial has no figures") == 4 * 2  # trials train, never plot
 
 
 def test_optuna_dashboard_reads_the_journal(repo):

@@ -1,0 +1,303 @@
+"""Compare runs side by side in one self-contained HTML report, logged to MLflow.
+
+    python -m pipeline.compare RUN_ID_OR_DVC_EXP [...]   # the runs named
+    python -m pipeline.compare --best 3                  # the 3 trained models with the lowest test_loss
+    python -m pipeline.compare --study vae-search        # that study's 4 best trials (--best N to change)
+
+MLflow's UI compares params and metric curves but cannot put two runs' images side by
+side; this report holds both, with every image embedded, so it opens with no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jinja2
+import markupsafe
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from pipeline import tracking
+from pipeline.params import PipelineError, load_params, run_stage
+
+REPORT = Path("reports/compare.html")
+# The `plot` stage's figures, in the order a person reads them; loss curves are drawn anew, overlaid.
+FIGURES = {
+    "latent_scatter.png": "Latent means of the test set",
+    "latent_grid.png": "Decoded grid at normal quantiles",
+    "reconstructions.png": "Reconstructions",
+    "prior_samples.png": "Samples from the prior",
+}
+CURVES = ("loss", "reconstruction", "kl")
+HIGHER_IS_BETTER = ("knn_accuracy", "active_units")
+# KL is a cost traded against reconstruction, so no run's KL is "best".
+NO_BEST = ("test_kl", "kl/train", "kl/val")
+STUDY_TRIALS = 4
+
+
+@dataclass
+class RunView:
+    """What the report shows of one run."""
+
+    run_id: str
+    name: str
+    kind: str  # "trained model" or "sweep trial"
+    description: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    curves: dict[str, list[float]] = field(default_factory=dict)  # e.g. "loss/val" -> per epoch
+    figures: dict[str, bytes] = field(default_factory=dict)
+
+
+def collect(run) -> RunView:
+    """Read one MLflow run's params, metrics, per-epoch curves and figures."""
+    run_id, tags = run.info.run_id, run.data.tags
+    curves = {}
+    for name in CURVES:
+        for split in ("train", "val"):
+            key = f"{name}/{split}"
+            if key in run.data.metrics:
+                curves[key] = tracking.metric_history(run_id, key)
+    return RunView(
+        run_id=run_id,
+        name=run.info.run_name,
+        kind="sweep trial" if "optuna.trial_number" in tags else "trained model",
+        description=tags.get("mlflow.note.content", ""),
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        curves=curves,
+        figures=tracking.run_figures(run_id),
+    )
+
+
+def data_uri(png: bytes) -> str:
+    """A PNG embedded in the page."""
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def inline_code(text: str) -> markupsafe.Markup:
+    """A run description's `code` spans as <code>; the rest escaped (descriptions are one-line Markdown)."""
+    escaped = str(markupsafe.escape(text))
+    return markupsafe.Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped))
+
+
+def figure_png(figure: Figure) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+def overlaid_curves(runs: list[RunView]) -> Figure:
+    """Every run's train (dashed) and validation (solid) curves, one panel per quantity."""
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, len(CURVES))
+    colours = matplotlib.colormaps["tab10"]
+    for ax, name in zip(axes, CURVES, strict=True):
+        for i, run in enumerate(runs):
+            for split, style in (("train", "--"), ("val", "-")):
+                values = run.curves.get(f"{name}/{split}", [])
+                epochs = range(1, len(values) + 1)
+                ax.plot(epochs, values, style, color=colours(i % 10), label=f"{run.name} ({split})")
+        ax.set(title={"loss": "Negative ELBO", "reconstruction": "Reconstruction", "kl": "KL"}[name])
+        ax.set(xlabel="epoch", ylabel="nats per image")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 4) + 0.04, 1, 1))
+    return fig
+
+
+def param_rows(runs: list[RunView]) -> tuple[list[dict], list[dict]]:
+    """Params as rows `{key, values}`: those that differ between runs, then those that do not."""
+    keys = sorted({key for run in runs for key in run.params})
+    rows = [{"key": key, "values": [run.params.get(key, "—") for run in runs]} for key in keys]
+    differ = [row for row in rows if len(set(row["values"])) > 1]
+    same = [row for row in rows if len(set(row["values"])) == 1]
+    return differ, same
+
+
+def best_index(key: str, values: list[float | None]) -> int | None:
+    """Which run holds the best value of a metric, or None where no direction is better."""
+    present = [(v, i) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if key in NO_BEST or key.startswith("optuna") or len(present) < 2 or len({v for v, _ in present}) < 2:
+        return None
+    pick = max if key in HIGHER_IS_BETTER else min
+    return pick(present)[1]
+
+
+def metric_rows(runs: list[RunView]) -> list[dict]:
+    """Metrics as rows `{key, values, best}`: test metrics first, then training's final values."""
+    keys = sorted({key for run in runs for key in run.metrics}, key=lambda k: ("/" in k, k))
+    rows = []
+    for key in keys:
+        values = [run.metrics.get(key) for run in runs]
+        rows.append({"key": key, "values": values, "best": best_index(key, values)})
+    return rows
+
+
+def render(runs: list[RunView], *, title: str) -> str:
+    """The whole report as one HTML page."""
+    differ, same = param_rows(runs)
+    figures = [
+        {"title": caption, "cells": [run.figures.get(name) for run in runs]}
+        for name, caption in FIGURES.items()
+    ]
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    environment.filters["data_uri"] = data_uri
+    environment.filters["inline_code"] = inline_code
+    return environment.from_string(TEMPLATE).render(
+        title=title,
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        runs=runs,
+        differ=differ,
+        same=same,
+        metrics=metric_rows(runs),
+        curves=data_uri(figure_png(overlaid_curves(runs))),
+        figures=figures,
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="*", metavar="RUN", help="MLflow run ids or DVC experiment names")
+    parser.add_argument("--best", type=int, metavar="N", help="the N runs with the lowest test_loss")
+    parser.add_argument("--study", metavar="NAME", help=f"an Optuna study's best trials ({STUDY_TRIALS})")
+    parser.add_argument("--output", type=Path, default=REPORT, help=f"the HTML file (default {REPORT})")
+    args = parser.parse_args(argv)
+    chosen = [bool(args.runs), args.study is not None, args.best is not None and args.study is None]
+    if sum(chosen) != 1:
+        parser.error("name runs, or give --best N, or --study NAME (with --best N for N trials)")
+    if args.best is not None and args.best < 1:
+        parser.error(f"--best must be at least 1 (got {args.best})")
+    return args
+
+
+def select(args: argparse.Namespace, experiment_id: str) -> tuple[list, str]:
+    """The runs the command line names, and how they were chosen."""
+    if args.runs:
+        return tracking.runs_named(experiment_id, args.runs), "named runs"
+    if args.study is not None:
+        n = args.best or STUDY_TRIALS
+        runs = tracking.best_trials(experiment_id, args.study, n)
+        if not runs:
+            raise PipelineError(f"study {args.study!r} has no complete trial in the MLflow store")
+        return runs, f"the {n} best trials of study {args.study}"
+    runs = tracking.best_runs(experiment_id, args.best)
+    if not runs:
+        raise PipelineError("no finished trained model in the MLflow store; run `dvc repro` first")
+    return runs, f"the {args.best} runs with the lowest test_loss"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per run's figures
+    params = load_params()
+    experiment_id = tracking.configure(params.base.tracking.experiment)
+    runs, how = select(args, experiment_id)
+    views = [collect(run) for run in runs]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(render(views, title=f"Comparing {len(views)} runs: {how}"))
+    run_id = tracking.log_comparison(experiment_id, args.output, runs, how)
+    print(f"compare: {len(views)} runs in {args.output}; logged to MLflow run {run_id}")
+
+
+TEMPLATE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{{ title }}</title>
+<style>
+  body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1d2433; }
+  h1 { font-size: 22px; margin-bottom: 4px; }
+  h2 { font-size: 17px; margin-top: 32px; border-bottom: 1px solid #d8dde6; padding-bottom: 4px; }
+  .note { color: #5b6478; }
+  table { border-collapse: collapse; }
+  th, td { padding: 4px 10px; border-bottom: 1px solid #e6e9ef; text-align: left; vertical-align: top; }
+  td.num { text-align: right; font-variant-numeric: tabular-nums; }
+  tr.differs td { background: #fff4d6; }
+  td.best { font-weight: 600; color: #0b6b2f; background: #e3f6e8; }
+  td.best::after { content: " \\2605"; }
+  code { font-size: 12px; }
+  .figures { display: grid; gap: 12px; }
+  .figures figure { margin: 0; }
+  .figures img { width: 100%; border: 1px solid #e6e9ef; }
+  .missing { padding: 40px 8px; text-align: center; color: #8a93a6; border: 1px dashed #c9ced8; }
+  img.curves { max-width: 100%; }
+</style>
+</head>
+<body>
+<h1>{{ title }}</h1>
+<p class="note">Made {{ created }} by <code>python -m pipeline.compare</code>.
+  Highlighted params differ between runs; &#9733; marks each metric's best value.</p>
+
+<h2>Runs</h2>
+<table>
+  <tr><th>#</th><th>name</th><th>kind</th><th>run id</th><th>description</th></tr>
+  {% for run in runs %}
+  <tr><td>{{ loop.index }}</td><td>{{ run.name }}</td><td>{{ run.kind }}</td>
+    <td><code>{{ run.run_id }}</code></td><td>{{ run.description | inline_code }}</td></tr>
+  {% endfor %}
+</table>
+
+<h2>Params</h2>
+<table id="params">
+  <tr><th>param</th>{% for run in runs %}<th>{{ run.name }}</th>{% endfor %}</tr>
+  {% for row in differ %}
+  <tr class="differs"><td><code>{{ row.key }}</code></td>
+    {% for value in row["values"] %}<td>{{ value }}</td>{% endfor %}</tr>
+  {% endfor %}
+</table>
+{% if same %}
+<details><summary>{{ same | length }} params are the same in every run</summary>
+<table>
+  {% for row in same %}<tr><td><code>{{ row.key }}</code></td><td>{{ row["values"][0] }}</td></tr>{% endfor %}
+</table>
+</details>
+{% endif %}
+
+<h2>Metrics</h2>
+<table id="metrics">
+  <tr><th>metric</th>{% for run in runs %}<th>{{ run.name }}</th>{% endfor %}</tr>
+  {% for row in metrics %}
+  <tr><td><code>{{ row.key }}</code></td>
+    {% for value in row["values"] %}
+    <td class="num{% if loop.index0 == row.best %} best{% endif %}">
+      {%- if value is none %}—{% else %}{{ "%.4g" | format(value) }}{% endif %}</td>
+    {% endfor %}</tr>
+  {% endfor %}
+</table>
+
+<h2>Training and validation curves</h2>
+<img class="curves" alt="loss, reconstruction and KL per epoch for every run" src="{{ curves }}">
+
+<h2>Figures</h2>
+{% for figure in figures %}
+<h3>{{ figure.title }}</h3>
+<div class="figures" style="grid-template-columns: repeat({{ runs | length }}, 1fr)">
+  {% for png in figure.cells %}
+  <figure>
+    {% if png %}<img alt="{{ figure.title }}: {{ runs[loop.index0].name }}" src="{{ png | data_uri }}">
+    {% else %}<div class="missing">not plotted: a {{ runs[loop.index0].kind }} has no figures</div>{% endif %}
+    <figcaption>{{ runs[loop.index0].name }}</figcaption>
+  </figure>
+  {% endfor %}
+</div>
+{% endfor %}
+</body>
+</html>
+"""
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,263 @@
+"""Comparing runs as people do: the MLflow UI in a real browser, the HTML report, DVC's views.
+
+Screenshots go to `test-artifacts/` (or `$TEST_ARTIFACTS`) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from pipeline.tracking import default_store_uri
+from tests.conftest import ROOT, SMALL, make_repo, run, run_env
+
+pytestmark = pytest.mark.slow
+FIGURES = ("latent_scatter", "latent_grid", "reconstructions", "prior_samples", "loss_curves")
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, which scripts/test.sh installs
+# Headless on a machine with no network beyond loopback: no background connections, no GPU.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    folder = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, official_dir) -> Path:
+    """Two real short pipeline runs: `dvc repro` at latent dim 2, then `dvc exp run` at 3."""
+    path = make_repo(tmp_path_factory.mktemp("compare"), SMALL)
+    run(["dvc", "repro"], path)
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-qm", "baseline run"], path)
+    run(["dvc", "exp", "run", "-S", "model.latent_dim=3", "--name", "wide"], path)
+    return path
+
+
+def store(repo: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
+
+
+def trained_runs(repo: Path) -> dict[str, mlflow.entities.Run]:
+    """The two training runs, by latent dim."""
+    client = store(repo)
+    experiment = client.get_experiment_by_name("fashion-mnist-vae")
+    runs = client.search_runs([experiment.experiment_id], "tags.`pipeline.stage` = 'train'")
+    return {r.data.params["model.latent_dim"]: r for r in runs}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(repo):
+    """The README's `mlflow ui` command on a free loopback port; yields its address."""
+    port = free_port()
+    command = ["mlflow", "ui", "--backend-store-uri", default_store_uri(repo), "--host", "127.0.0.1"]
+    server = subprocess.Popen(
+        [*command, "--port", str(port)],
+        cwd=repo,
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{address}/health", timeout=2):
+                break
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not start"
+            time.sleep(0.5)
+    yield address
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def open_page(browser, errors: list[str], **options):
+    """A page that records uncaught script errors, which a broken page shows first."""
+    page = browser.new_page(**options)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return page
+
+
+# The compare view's metrics are two virtualised grids, names and values, whose cells align by
+# their `top`: the values of the metric named `key`, in column order (null if not rendered).
+METRIC_CELLS = """key => {
+  const links = [...document.querySelectorAll('a[title="Plot chart"]')];
+  const link = links.find(a => a.textContent.trim() === key);
+  if (!link) return null;
+  const cell = link.parentElement;
+  const section = cell.closest('.du-bois-light-collapse-content-box');
+  return [...section.querySelectorAll('.ReactVirtualized__Grid')].filter(g => !g.contains(cell))
+    .flatMap(g => [...g.querySelectorAll('div[style]')])
+    .filter(c => c.style.top === cell.style.top && c.children.length <= 1)
+    .sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left))
+    .map(c => c.textContent.trim());
+}"""
+
+
+def row_values(page, key: str) -> list[str]:
+    """The cells after `key` in the comparison table row that `key` heads."""
+    for text in page.get_by_role("row").filter(has_text=key).all_inner_texts():
+        first, *values = text.split()
+        if first == key:
+            return values
+    raise AssertionError(f"no row headed {key!r} on the page")
+
+
+def test_mlflow_ui_compares_two_runs(repo, mlflow_ui, browser, artifacts):
+    runs = trained_runs(repo)
+    assert set(runs) == {"2", "3"}
+    assert runs["2"].info.run_name == "latent 2, lr 0.001"
+    assert runs["3"].info.run_name == "latent 3, lr 0.001 · wide"
+    experiment_id = runs["2"].info.experiment_id
+    errors: list[str] = []
+    page = open_page(browser, errors, viewport={"width": 1400, "height": 2200})
+
+    page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs")
+    for tracked in runs.values():
+        page.get_by_text(tracked.info.run_name, exact=True).wait_for(timeout=60_000)
+    rows = page.get_by_role("checkbox", name="Press Space to toggle row selection")
+    assert rows.count() == 2
+    for i in range(2):
+        rows.nth(i).check()
+    page.get_by_role("button", name="Compare", exact=True).click()
+
+    page.get_by_text("Comparing 2 Runs").wait_for(timeout=60_000)
+    page.get_by_text("Run details").wait_for()
+    for tracked in runs.values():
+        assert page.get_by_text(tracked.info.run_id).count() >= 1
+    page.get_by_role("switch", name="Parameters - Show diff only").click()  # as a person would
+    assert sorted(row_values(page, "model.latent_dim")) == ["2", "3"]
+    first_cells = [text.split()[0] for text in page.get_by_role("row").all_inner_texts() if text.strip()]
+    assert "base.seed" not in first_cells  # the same in both runs, so hidden
+    for key in ("knn_accuracy", "loss/val"):
+        shown = page.evaluate(METRIC_CELLS, key)
+        assert sorted(shown) == sorted(f"{r.data.metrics[key]:.4g}" for r in runs.values()), key
+    page.screenshot(path=artifacts / "mlflow_compare_runs.png")
+
+    # The chart view: each quantity's train and validation curves in one section.
+    page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART")
+    page.get_by_text("loss/val", exact=True).first.wait_for(timeout=60_000)
+    for key in ("loss/train", "loss/val", "kl/train", "kl/val"):
+        assert page.get_by_text(key, exact=True).count() >= 1
+    page.screenshot(path=artifacts / "mlflow_chart_view.png")
+    assert errors == []
+
+
+def test_compare_report_opens_offline_with_every_image(repo, browser, artifacts):
+    runs = trained_runs(repo)
+    report = repo / "reports/compare.html"
+    result = run(["python", "-m", "pipeline.compare", runs["2"].info.run_id, "wide"], repo)
+    assert "compare: 2 runs in reports/compare.html" in result.stdout
+
+    errors: list[str] = []
+    page = open_page(browser, errors, viewport={"width": 1300, "height": 900})
+    # Offline: any request beyond the file itself fails.
+    page.route(
+        "**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort()
+    )
+    page.goto(report.as_uri())
+    images = page.evaluate("Array.from(document.images, i => [i.alt, i.complete && i.naturalWidth > 0])")
+    assert len(images) == 1 + 4 * 2  # the overlaid curves, then four figures per run
+    assert [alt for alt, loaded in images if not loaded] == []
+    differ = page.locator("#params tr.differs td:first-child").all_inner_texts()
+    assert differ == ["model.latent_dim"]
+    test_loss = page.locator("#metrics tr", has_text="test_loss").first
+    assert test_loss.locator("td.best").count() == 1
+    best = min(runs.values(), key=lambda r: r.data.metrics["test_loss"])
+    column = [r.info.run_name for r in (runs["2"], runs["3"])].index(best.info.run_name)
+    assert "best" in test_loss.locator("td.num").nth(column).get_attribute("class")
+    page.screenshot(path=artifacts / "compare_report.png", full_page=True)
+    assert errors == []
+
+    (logged,) = store(repo).search_runs(
+        [runs["2"].info.experiment_id], "tags.`pipeline.stage` = 'compare'", max_results=5
+    )
+    assert logged.data.tags["compare.run_ids"] == f"{runs['2'].info.run_id},{runs['3'].info.run_id}"
+    assert [a.path for a in store(repo).list_artifacts(logged.info.run_id)] == ["compare.html"]
+
+
+def test_compare_best_picks_the_lowest_test_loss(repo, tmp_path):
+    runs = trained_runs(repo)
+    best = min(runs.values(), key=lambda r: r.data.metrics["test_loss"])
+    report = tmp_path / "best.html"
+    run(["python", "-m", "pipeline.compare", "--best", "1", "--output", str(report)], repo)
+    assert best.info.run_id in report.read_text()
+    assert (
+        min(runs.values(), key=lambda r: -r.data.metrics["test_loss"]).info.run_id not in report.read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no-such-exp"], "'no-such-exp' is neither a run id nor a DVC experiment name"),
+        (["--best", "0"], "--best must be at least 1"),
+        ([], "name runs, or give --best N"),
+        (["--study", "nowhere"], "no Optuna study named 'nowhere'"),
+    ],
+)
+def test_compare_refuses_bad_input_and_logs_nothing(repo, args, message):
+    before = len(store(repo).search_runs([trained_runs(repo)["2"].info.experiment_id], max_results=1000))
+    result = run(["python", "-m", "pipeline.compare", *args], repo, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    after = len(store(repo).search_runs([trained_runs(repo)["2"].info.experiment_id], max_results=1000))
+    assert after == before
+
+
+def test_dvc_views_show_curves_figures_and_key_columns(repo, tmp_path):
+    diff = run(["dvc", "plots", "diff", "HEAD", "wide", "--json", "-o", str(tmp_path / "diff")], repo)
+    plots = json.loads(diff.stdout)["data"]
+    figures = [f"plots/figures/{name}.png" for name in FIGURES]
+    curves = ["Loss per epoch", "Reconstruction and KL per epoch", "Test reconstruction loss by class"]
+    assert sorted(plots) == sorted(curves + figures)  # each drawn once, none as a raw-file chart
+    for name in curves:
+        assert plots[name][0]["revisions"] == ["HEAD", "wide"]
+    for name in figures:
+        assert [entry["revisions"] for entry in plots[name]] == [["HEAD"], ["wide"]]
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "show")], repo)
+    assert (tmp_path / "show/index.html").stat().st_size > 1000
+
+    table = run(["dvc", "exp", "show", "--only-changed", "--drop", ".*/.*", "--csv"], repo).stdout
+    columns = next(csv.reader(io.StringIO(table)))
+    assert {"model.latent_dim", "test_loss", "test_iw_nll", "knn_accuracy", "val_loss"} <= set(columns)
+    assert not {"plot.dpi", "train.epochs", "models/vae.keras"} & set(columns)
