@@ -42,6 +42,7 @@ HIGHER_IS_BETTER = ("knn_accuracy", "active_units")
 # KL is a cost traded against reconstruction, so no run's KL is "best".
 NO_BEST = ("test_kl", "kl/train", "kl/val")
 STUDY_TRIALS = 4
+PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
 
 
 @dataclass
@@ -63,10 +64,11 @@ def collect(run) -> RunView:
     run_id, tags = run.info.run_id, run.data.tags
     curves = {}
     for name in CURVES:
-        for split in ("train", "val"):
-            key = f"{name}/{split}"
-            if key in run.data.metrics:
-                curves[key] = tracking.metric_history(run_id, key)
+        for split, legacy in (("train", name), ("val", f"val_{name}")):
+            # Runs logged before metrics were grouped hold Keras' own names.
+            logged = next((k for k in (f"{name}/{split}", legacy) if k in run.data.metrics), None)
+            if logged:
+                curves[f"{name}/{split}"] = tracking.metric_history(run_id, logged)
     return RunView(
         run_id=run_id,
         name=run.info.run_name,
@@ -136,19 +138,21 @@ def best_index(key: str, values: list[float | None]) -> int | None:
     return pick(present)[1]
 
 
-def metric_rows(runs: list[RunView]) -> list[dict]:
-    """Metrics as rows `{key, values, best}`: test metrics first, then training's final values."""
+def metric_rows(runs: list[RunView]) -> tuple[list[dict], list[dict]]:
+    """Metrics as rows `{key, values, best}`: the main ones (test, then the final epoch's), and per class."""
     keys = sorted({key for run in runs for key in run.metrics}, key=lambda k: ("/" in k, k))
     rows = []
     for key in keys:
         values = [run.metrics.get(key) for run in runs]
         rows.append({"key": key, "values": values, "best": best_index(key, values)})
-    return rows
+    per_class = [row for row in rows if row["key"].startswith(PER_CLASS)]
+    return [row for row in rows if row not in per_class], per_class
 
 
 def render(runs: list[RunView], *, title: str) -> str:
     """The whole report as one HTML page."""
     differ, same = param_rows(runs)
+    metrics, per_class = metric_rows(runs)
     figures = [
         {"title": caption, "cells": [run.figures.get(name) for run in runs]}
         for name, caption in FIGURES.items()
@@ -162,7 +166,8 @@ def render(runs: list[RunView], *, title: str) -> str:
         runs=runs,
         differ=differ,
         same=same,
-        metrics=metric_rows(runs),
+        metrics=metrics,
+        per_class=per_class,
         curves=data_uri(figure_png(overlaid_curves(runs))),
         figures=figures,
     )
@@ -266,10 +271,10 @@ TEMPLATE = """<!doctype html>
 </details>
 {% endif %}
 
-<h2>Metrics</h2>
-<table id="metrics">
+{% macro metric_table(rows, id) %}
+<table id="{{ id }}">
   <tr><th>metric</th>{% for run in runs %}<th>{{ run.name }}</th>{% endfor %}</tr>
-  {% for row in metrics %}
+  {% for row in rows %}
   <tr><td><code>{{ row.key }}</code></td>
     {% for value in row["values"] %}
     <td class="num{% if loop.index0 == row.best %} best{% endif %}">
@@ -277,6 +282,15 @@ TEMPLATE = """<!doctype html>
     {% endfor %}</tr>
   {% endfor %}
 </table>
+{% endmacro %}
+<h2>Metrics</h2>
+<p class="note">Test-set metrics (nats per image), then the last epoch's training and validation values.</p>
+{{ metric_table(metrics, "metrics") }}
+{% if per_class %}
+<details><summary>Test reconstruction loss by class</summary>
+{{ metric_table(per_class, "per-class") }}
+</details>
+{% endif %}
 
 <h2>Training and validation curves</h2>
 <img class="curves" alt="loss, reconstruction and KL per epoch for every run" src="{{ curves }}">

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,13 @@ def run(
     return result
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def make_repo(target: Path, overrides: dict[str, dict]) -> Path:
     """A git repository holding a copy of the project with `params.yaml` sections overridden."""
     from ruamel.yaml import YAML
@@ -96,6 +104,40 @@ def journal_study(repo: Path, study_name: str):
 
     storage = JournalStorage(JournalFileBackend(str(repo / "optuna/journal.log")))
     return optuna.load_study(study_name=study_name, storage=storage)
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, which scripts/test.sh installs
+# Headless on a machine with no network beyond loopback: no background connections, no GPU.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium, driven by Playwright, as a person's browser."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where browser tests leave screenshots for a person to look at."""
+    folder = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 SMALL = {

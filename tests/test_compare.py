@@ -8,8 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,28 +17,10 @@ import mlflow
 import pytest
 
 from pipeline.tracking import default_store_uri
-from tests.conftest import ROOT, SMALL, make_repo, run, run_env
+from tests.conftest import SMALL, free_port, make_repo, run, run_env
 
 pytestmark = pytest.mark.slow
 FIGURES = ("latent_scatter", "latent_grid", "reconstructions", "prior_samples", "loss_curves")
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's, which scripts/test.sh installs
-# Headless on a machine with no network beyond loopback: no background connections, no GPU.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def artifacts() -> Path:
-    folder = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -64,24 +44,6 @@ def trained_runs(repo: Path) -> dict[str, mlflow.entities.Run]:
     experiment = client.get_experiment_by_name("fashion-mnist-vae")
     runs = client.search_runs([experiment.experiment_id], "tags.`pipeline.stage` = 'train'")
     return {r.data.params["model.latent_dim"]: r for r in runs}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

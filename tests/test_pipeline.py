@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,7 +17,7 @@ from ruamel.yaml import YAML
 
 from pipeline import data
 from pipeline.tracking import default_store_uri
-from tests.conftest import SMALL, make_repo, run, run_env
+from tests.conftest import SMALL, free_port, make_repo, run, run_env
 
 pytestmark = pytest.mark.slow
 FIGURES = ("latent_scatter", "latent_grid", "reconstructions", "prior_samples", "loss_curves")
@@ -176,9 +175,7 @@ def test_bad_params_stop_before_any_work(tmp_path):
 @pytest.fixture
 def tracking_server(tmp_path):
     """A real `mlflow server` on loopback with its own store."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",

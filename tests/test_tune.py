@@ -5,8 +5,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -15,12 +15,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from optuna.distributions import IntDistribution
 from optuna.storages import JournalStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
 import optuna
 from pipeline.tracking import default_store_uri
-from tests.conftest import journal_study, make_repo, overrides, run, run_env
+from tests.conftest import free_port, journal_study, make_repo, overrides, run, run_env
 
 pytestmark = pytest.mark.slow
 # A search small enough for seconds per trial: 1,000 images, 2 epochs.
@@ -170,9 +171,7 @@ def postgres() -> str:
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(home, "postgres")
         as_owner = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     data_dir = home / "data"
 
     def pg(tool: str, *args: str) -> None:
@@ -270,11 +269,14 @@ def test_compare_report_of_a_study_best_trials(repo, tmp_path):
     assert html.count("not plotted: a sweep trial has no figures") == 4 * 2  # trials train, never plot
 
 
-def test_optuna_dashboard_reads_the_journal(repo):
-    enqueue(repo, "dash", {"model.latent_dim": 2, "train.learning_rate": 1e-3})
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def test_optuna_dashboard_reads_the_journal(repo, browser, artifacts):
+    enqueue(repo, "dash")
+    space = {"model.latent_dim": IntDistribution(2, 64, log=True)}
+    for latent_dim, value in ((2, 270.0), (8, 260.0)):  # two finished trials, as a sweep leaves them
+        params = {"model.latent_dim": latent_dim}
+        trial = optuna.trial.create_trial(params=params, distributions=space, value=value)
+        journal_study(repo, "dash").add_trial(trial)
+    port = free_port()
     storage = str(repo / "optuna/journal.log")
     server = subprocess.Popen(
         ["optuna-dashboard", storage, "--host", "127.0.0.1", "--port", str(port)],
@@ -293,6 +295,15 @@ def test_optuna_dashboard_reads_the_journal(repo):
                 assert time.monotonic() < deadline and server.poll() is None, "optuna-dashboard did not start"
                 time.sleep(0.5)
         assert "dash" in {s["study_name"] for s in studies}
+        errors: list[str] = []
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"http://127.0.0.1:{port}/dashboard/")
+        page.get_by_text(re.compile(r"^\d+\. dash$")).click(timeout=60_000)  # the study list's entry
+        page.get_by_text("Best Trial (number=1)").wait_for(timeout=60_000)
+        assert page.get_by_text("model.latent_dim: 8").count() == 1  # the best trial's params
+        page.screenshot(path=artifacts / "optuna_dashboard.png")
+        assert errors == []
     finally:
         server.terminate()
         server.wait(timeout=30)

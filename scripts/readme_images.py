@@ -1,0 +1,57 @@
+"""Regenerate the README's pictures from the pipeline's own outputs.
+
+    python scripts/readme_images.py                 # compare the 2 runs with the lowest test_loss
+    python scripts/readme_images.py RUN_OR_EXP ...  # or the runs named (any `pipeline.compare` arguments)
+
+Run it after `dvc repro`: it copies the default run's latent scatter and grid, makes a
+comparison report with `python -m pipeline.compare`, and photographs its top in headless
+Chromium. The PNGs are scaled down to stay small in git.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "docs/images"
+REPORT = ROOT / "reports/readme_compare.html"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+WIDTH = 700  # pixels of a README picture
+
+
+def shrink(source: Path, target: Path, width: int = WIDTH) -> None:
+    """Scale to `width` pixels wide and save as an optimised PNG."""
+    image = Image.open(source).convert("RGB")
+    height = round(image.height * width / image.width)
+    image.resize((width, height), Image.LANCZOS).save(target, optimize=True)
+    print(f"{target.relative_to(ROOT)}: {target.stat().st_size // 1024} KiB")
+
+
+def main(argv: list[str]) -> None:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    for name in ("latent_scatter", "latent_grid"):
+        shrink(ROOT / f"plots/figures/{name}.png", IMAGES / f"{name}.png")
+
+    compare_args = argv or ["--best", "2"]
+    command = [sys.executable, "-m", "pipeline.compare", *compare_args, "--output", str(REPORT)]
+    subprocess.run(command, cwd=ROOT, check=True)
+    screenshot = REPORT.with_suffix(".png")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(REPORT.as_uri())
+        page.screenshot(path=screenshot, full_page=True)
+        browser.close()
+    top = Image.open(screenshot)
+    top.crop((0, 0, top.width, min(top.height, 2000))).save(screenshot)
+    shrink(screenshot, IMAGES / "compare_report.png", width=900)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
