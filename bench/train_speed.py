@@ -125,7 +125,7 @@ def measure(variant: str, workspace: Path, log: Path) -> dict:
         wall, peak = run_measured([sys.executable, "-m", "pipeline.train"], workspace, log)
         run_id = json.loads((workspace / "outputs/mlflow_run.json").read_text())["run_id"]
         client = mlflow.MlflowClient(default_store_uri(workspace))
-        history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+        history = sorted(client.get_metric_history(run_id, "loss/train"), key=lambda m: m.step)
         ends = [m.timestamp / 1000 for m in history]  # logged at each epoch's end
         val_loss = json.loads((workspace / "metrics/train.json").read_text())["val_loss"]
     else:
