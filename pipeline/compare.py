@@ -40,7 +40,7 @@ FIGURES = {
 CURVES = ("loss", "reconstruction", "kl")
 HIGHER_IS_BETTER = ("knn_accuracy", "active_units")
 # KL is a cost traded against reconstruction, so no run's KL is "best".
-NO_BEST = ("test_kl", "kl/train", "kl/val")
+NO_BEST = ("test_kl", "kl/train", "kl/val", "kl", "val_kl")  # the last two: runs before grouping
 STUDY_TRIALS = 4
 PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
 
@@ -156,6 +156,7 @@ def render(runs: list[RunView], *, title: str) -> str:
     figures = [
         {"title": caption, "cells": [run.figures.get(name) for run in runs]}
         for name, caption in FIGURES.items()
+        if any(name in run.figures for run in runs)
     ]
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     environment.filters["data_uri"] = data_uri
@@ -296,6 +297,11 @@ TEMPLATE = """<!doctype html>
 <img class="curves" alt="loss, reconstruction and KL per epoch for every run" src="{{ curves }}">
 
 <h2>Figures</h2>
+{% if not figures %}
+<p class="note">None of these runs has figures: a sweep trial trains but does not plot.
+  To see the best trial's figures, re-train it through the pipeline:
+  <code>dvc exp run $(python -m pipeline.tune --print-best)</code>.</p>
+{% endif %}
 {% for figure in figures %}
 <h3>{{ figure.title }}</h3>
 <div class="figures" style="grid-template-columns: repeat({{ runs | length }}, 1fr)">

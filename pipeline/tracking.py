@@ -464,13 +464,18 @@ def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.enti
     )
     if not parents:
         raise TrackingError(f"no Optuna study named {study_name!r} in the MLflow store")
-    ids = ", ".join(_literal(run.info.run_id) for run in parents)
-    return client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` IN ({ids}) and tags.`optuna.state` = 'COMPLETE'",
-        order_by=["metrics.objective_val_loss ASC"],
-        max_results=n,
-    )
+    trials = [  # MLflow's filter has no IN for tags: one search per parent (a resumed study has one)
+        trial
+        for parent in parents
+        for trial in client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = {_literal(parent.info.run_id)} "
+            "and tags.`optuna.state` = 'COMPLETE'",
+            order_by=["metrics.objective_val_loss ASC"],
+            max_results=n,
+        )
+    ]
+    return sorted(trials, key=lambda run: run.data.metrics["objective_val_loss"])[:n]
 
 
 def metric_history(run_id: str, key: str) -> list[float]:
