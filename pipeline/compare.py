@@ -132,7 +132,7 @@ def param_rows(runs: list[RunView]) -> tuple[list[dict], list[dict]]:
 def best_index(key: str, values: list[float | None]) -> int | None:
     """Which run holds the best value of a metric, or None where no direction is better."""
     present = [(v, i) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
-    if key in NO_BEST or key.startswith("optuna") or len(present) < 2 or len({v for v, _ in present}) < 2:
+    if key in NO_BEST or len({v for v, _ in present}) < 2:  # no direction, or nothing to choose
         return None
     pick = max if key in HIGHER_IS_BETTER else min
     return pick(present)[1]
