@@ -59,17 +59,19 @@ def mlflow_ui(repo):
         stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{address}/health", timeout=2):
-                break
-        except OSError:
-            assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not start"
-            time.sleep(0.5)
-    yield address
-    server.terminate()
-    server.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{address}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not start"
+                time.sleep(0.5)
+        yield address
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def open_page(browser, errors: list[str], **options):
