@@ -26,7 +26,14 @@ class ParamsError(PipelineError):
 
 
 def interrupt(signum: int, frame: object) -> None:
-    """A signal handler that turns SIGTERM into the KeyboardInterrupt Ctrl-C gives."""
+    """A signal handler that turns SIGTERM into the KeyboardInterrupt Ctrl-C gives.
+
+    Later SIGTERMs are ignored, so that the cleanup this one starts (ending runs KILLED or
+    FAILED) is not cut short. A second one is common: `kill` of a process group reaches a
+    sweep's workers, and then the launcher, stopping, sends them another. Cut short, the
+    open run would be ended FINISHED by MLflow's exit handler.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

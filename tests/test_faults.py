@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -371,7 +372,12 @@ def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir):
     )
     wait_for(lambda: any("optuna.trial_number" in r.data.tags for r in all_runs(repo)), "a trial", process)
     time.sleep(3)
-    os.killpg(process.pid, signal.SIGTERM)
+    # More signals while the first one's clean-up runs (the launcher also sends its workers one):
+    # they must not cut it short.
+    for _ in range(100):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        time.sleep(0.02)
     assert process.wait(timeout=120) == 130
     statuses = {r.data.tags.get("optuna.trial_number", "parent"): r.info.status for r in all_runs(repo)}
     assert statuses == {"parent": "KILLED", "0": "FAILED"}
