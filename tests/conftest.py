@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -59,6 +62,36 @@ def run(
             f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def store(repo: Path):
+    """The MLflow client of a project copy's own store."""
+    import mlflow
+
+    from pipeline.tracking import default_store_uri
+
+    return mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
+
+
+@contextlib.contextmanager
+def serving(command: list[str], ready_url: str, what: str, cwd: Path | None = None, timeout: float = 90):
+    """Start a server, wait until `ready_url` answers, and stop it afterwards, even on failure."""
+    server = subprocess.Popen(
+        command, cwd=cwd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, f"{what} did not start"
+                time.sleep(0.5)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def free_port() -> int:
@@ -139,6 +172,9 @@ def artifacts() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
+
+# The `plot` stage's figures, `plots/figures/<name>.png`.
+FIGURES = ("latent_scatter", "latent_grid", "reconstructions", "prior_samples", "loss_curves")
 
 SMALL = {
     "data": {"train_size": 2000, "val_size": 500, "test_size": 500},

@@ -8,19 +8,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from pipeline.tracking import default_store_uri
-from tests.conftest import SMALL, free_port, make_repo, run, run_env
+from tests.conftest import FIGURES, SMALL, free_port, make_repo, run, serving, store
 
 pytestmark = pytest.mark.slow
-FIGURES = ("latent_scatter", "latent_grid", "reconstructions", "prior_samples", "loss_curves")
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +28,6 @@ def repo(tmp_path_factory, official_dir) -> Path:
     run(["git", "commit", "-qm", "baseline run"], path)
     run(["dvc", "exp", "run", "-S", "model.latent_dim=3", "--name", "wide"], path)
     return path
-
-
-def store(repo: Path) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
 
 
 def trained_runs(repo: Path) -> dict[str, mlflow.entities.Run]:
@@ -51,27 +43,9 @@ def mlflow_ui(repo):
     """The README's `mlflow ui` command on a free loopback port; yields its address."""
     port = free_port()
     command = ["mlflow", "ui", "--backend-store-uri", default_store_uri(repo), "--host", "127.0.0.1"]
-    server = subprocess.Popen(
-        [*command, "--port", str(port)],
-        cwd=repo,
-        env=run_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     address = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{address}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not start"
-                time.sleep(0.5)
+    with serving([*command, "--port", str(port)], f"{address}/health", "mlflow ui", cwd=repo):
         yield address
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def open_page(browser, errors: list[str], **options):

@@ -26,15 +26,11 @@ from pipeline import data, tracking
 from pipeline.model import load_vae
 from pipeline.params import Model, Train
 from pipeline.train import fit_vae, save_model
-from tests.conftest import ROOT, SMALL, journal_study, make_repo, overrides, run, run_env
+from tests.conftest import ROOT, SMALL, journal_study, make_repo, overrides, run, run_env, store
 
 EXPERIMENT = "fashion-mnist-vae"
 # Long enough to be caught mid-training, short enough to finish quickly.
 RESUMABLE = {**SMALL, "train": {"epochs": 4}}
-
-
-def store(repo: Path) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=tracking.default_store_uri(repo))
 
 
 def all_runs(repo: Path) -> list:

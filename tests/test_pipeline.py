@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -17,10 +14,9 @@ from ruamel.yaml import YAML
 
 from pipeline import data
 from pipeline.tracking import default_store_uri
-from tests.conftest import SMALL, free_port, make_repo, run, run_env
+from tests.conftest import FIGURES, SMALL, free_port, make_repo, run, serving, store
 
 pytestmark = pytest.mark.slow
-FIGURES = ("latent_scatter", "latent_grid", "reconstructions", "prior_samples", "loss_curves")
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +27,9 @@ def repo(tmp_path_factory, official_dir) -> Path:
     return path
 
 
-def client(repo: Path) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
-
-
 def run_of(repo: Path):
     run_id = json.loads((repo / "outputs/mlflow_run.json").read_text())["run_id"]
-    return client(repo).get_run(run_id)
+    return store(repo).get_run(run_id)
 
 
 def set_param(repo: Path, section: str, key: str, value) -> None:
@@ -90,7 +82,7 @@ def test_mlflow_run_holds_all_four_stages(repo):
     assert params["train.learning_rate"] == "0.001" and params["plot.grid_size"] == "5"
     assert not any(key.startswith("optimizer_") for key in params)  # no float32 copies of train.*
     for key in ("loss/train", "loss/val", "kl/val", "reconstruction/train"):  # grouped per quantity
-        history = client(repo).get_metric_history(tracked.info.run_id, key)
+        history = store(repo).get_metric_history(tracked.info.run_id, key)
         assert sorted(m.step for m in history) == [0, 1]
     assert tracked.info.run_name == "latent 2, lr 0.001"
     description = tracked.data.tags["mlflow.note.content"]
@@ -99,7 +91,7 @@ def test_mlflow_run_holds_all_four_stages(repo):
     assert tracked.data.metrics["test_loss"] == pytest.approx(evaluated["test_loss"])
     assert "reconstruction_by_class/t_shirt_top" in tracked.data.metrics
 
-    figures = {a.path for a in client(repo).list_artifacts(tracked.info.run_id, "figures")}
+    figures = {a.path for a in store(repo).list_artifacts(tracked.info.run_id, "figures")}
     assert figures == {f"figures/{name}.png" for name in FIGURES}
 
     head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
@@ -144,7 +136,7 @@ def test_exp_run_with_override_is_listed_with_params_and_metrics(repo):
     assert float(baseline["test_loss"]) > 0 and float(experiment["test_loss"]) > 0
     assert baseline["test_loss"] != experiment["test_loss"]
 
-    runs = client(repo).search_runs(experiment_ids=[run_of(repo).info.experiment_id])
+    runs = store(repo).search_runs(experiment_ids=[run_of(repo).info.experiment_id])
     by_dim = {r.data.params["model.latent_dim"]: r for r in runs}
     assert set(by_dim) == {"2", "8"}
     assert by_dim["8"].info.status == "FINISHED" and "dvc.exp_name" in by_dim["8"].data.tags
@@ -159,7 +151,7 @@ def test_failed_stage_marks_run_failed(repo):
     result = run(["python", "-m", "pipeline.evaluate"], repo, check=False)
     assert result.returncode == 2
     assert "models/vae.keras: SHA-256" in result.stderr.splitlines()[-1]
-    assert client(repo).get_run(tracked.info.run_id).info.status == "FAILED"
+    assert store(repo).get_run(tracked.info.run_id).info.status == "FAILED"
 
 
 def test_bad_params_stop_before_any_work(tmp_path):
@@ -176,31 +168,19 @@ def test_bad_params_stop_before_any_work(tmp_path):
 def tracking_server(tmp_path):
     """A real `mlflow server` on loopback with its own store."""
     port = free_port()
-    server = subprocess.Popen(
-        ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("mlflow server did not start") from None
-            time.sleep(0.5)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
+    command = [
+        "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination", str(tmp_path / "server-artifacts"),
+    ]  # fmt: skip
+    with serving(command, f"{uri}/health", "mlflow server"):
+        yield uri
 
 
 def test_tracking_uri_from_environment_wins(repo, tracking_server):
     local_experiment = run_of(repo).info.experiment_id
-    local_runs = len(client(repo).search_runs(experiment_ids=[local_experiment]))
+    local_runs = len(store(repo).search_runs(experiment_ids=[local_experiment]))
     env = {"MLFLOW_TRACKING_URI": tracking_server}
     for stage in ("train", "evaluate"):
         run(["python", "-m", f"pipeline.{stage}"], repo, env=env)
@@ -210,4 +190,4 @@ def test_tracking_uri_from_environment_wins(repo, tracking_server):
     (tracked,) = remote.search_runs(experiment_ids=[experiment.experiment_id])
     assert tracked.info.status == "FINISHED" and "test_loss" in tracked.data.metrics
     assert json.loads((repo / "outputs/mlflow_run.json").read_text())["run_id"] == tracked.info.run_id
-    assert len(client(repo).search_runs(experiment_ids=[local_experiment])) == local_runs
+    assert len(store(repo).search_runs(experiment_ids=[local_experiment])) == local_runs

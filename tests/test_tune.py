@@ -21,7 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 
 import optuna
 from pipeline.tracking import default_store_uri
-from tests.conftest import free_port, journal_study, make_repo, overrides, run, run_env
+from tests.conftest import free_port, journal_study, make_repo, overrides, run, run_env, serving
 
 pytestmark = pytest.mark.slow
 # A search small enough for seconds per trial: 1,000 images, 2 epochs.
@@ -278,23 +278,18 @@ def test_optuna_dashboard_reads_the_journal(repo, browser, artifacts):
         trial = optuna.trial.create_trial(params=params, distributions=space, value=value)
         journal_study(repo, "dash").add_trial(trial)
     port = free_port()
-    storage = str(repo / "optuna/journal.log")
-    server = subprocess.Popen(
-        ["optuna-dashboard", storage, "--host", "127.0.0.1", "--port", str(port)],
-        env=run_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
-                    studies = json.load(response)["study_summaries"]
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "optuna-dashboard did not start"
-                time.sleep(0.5)
+    command = [
+        "optuna-dashboard",
+        str(repo / "optuna/journal.log"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    studies_url = f"http://127.0.0.1:{port}/api/studies"
+    with serving(command, studies_url, "optuna-dashboard", timeout=60):
+        with urllib.request.urlopen(studies_url, timeout=10) as response:
+            studies = json.load(response)["study_summaries"]
         assert "dash" in {s["study_name"] for s in studies}
         errors: list[str] = []
         page = browser.new_page(viewport={"width": 1300, "height": 900})
@@ -305,9 +300,6 @@ def test_optuna_dashboard_reads_the_journal(repo, browser, artifacts):
         assert page.get_by_text("model.latent_dim: 8").count() == 1  # the best trial's params
         page.screenshot(path=artifacts / "optuna_dashboard.png")
         assert errors == []
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_tune_is_a_dvc_stage_outside_the_default_chain(tmp_path, official_dir):
