@@ -13,7 +13,7 @@ import tensorflow as tf
 from keras import ops
 from sklearn.neighbors import KNeighborsClassifier
 
-from pipeline import data, tracking
+from pipeline import data, registry, tracking
 from pipeline.model import kl_divergence, load_vae, reconstruction_loss
 from pipeline.params import flatten, load_params, run_stage
 from pipeline.prepare import PREPARED
@@ -99,12 +99,23 @@ def class_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+def rank_in_registry(test_loss: float) -> str:
+    """Tag the trained model's registered version with its test_loss; the champion follows the best."""
+    model = tracking.read_run_file()
+    if "model_version" not in model:  # trained before models were registered
+        return ""
+    name, version = model["registered_model"], model["model_version"]
+    if registry.record_test_loss(name, version, test_loss):
+        return f"; {name} version {version} is the {registry.CHAMPION}"
+    return f"; the {registry.CHAMPION} stays ahead of {name} version {version}"
+
+
 def main() -> None:
     params = load_params()
     config = params.evaluate
     rng = np.random.default_rng(params.base.seed)
 
-    with tracking.resumed_run(params, "evaluate"):  # an error below ends the run FAILED, an interrupt KILLED
+    with tracking.resumed_run(params, "evaluate") as run:  # an error ends the run FAILED, an interrupt KILLED
         tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("evaluate.")})
         splits = data.load_prepared(PREPARED)
         tracking.check_model_hash(MODEL)
@@ -141,7 +152,12 @@ def main() -> None:
             f"reconstruction_by_class/{class_key(row['class'])}": row["reconstruction"] for row in by_class
         }
         tracking.log_metrics({**metrics, **per_class})
-    print(f"evaluate: test_loss {metrics['test_loss']:.3f} nats, IW NLL {metrics['test_iw_nll']:.3f}")
+        standing = rank_in_registry(metrics["test_loss"])
+    print(
+        f"evaluate: test_loss {metrics['test_loss']:.3f} nats, "
+        f"IW NLL {metrics['test_iw_nll']:.3f}{standing}\n"
+        f"evaluate: run {tracking.run_link(run)}{tracking.ui_hint()}"
+    )
 
 
 if __name__ == "__main__":

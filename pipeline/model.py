@@ -164,6 +164,19 @@ def build_vae(model: Model, train: Train, seed: int) -> VAE:
     return vae
 
 
+def inference_model(vae: VAE) -> keras.Model:
+    """The trained encoder and decoder as one model of built-in layers: image -> sigmoid(decode(mean)).
+
+    What MLflow logs and serves: it loads wherever Keras does, without this package, and
+    carries no compile settings (so no `steps_per_execution` in a loaded model's `predict`).
+    Its layers `encoder` and `decoder` are the trained sub-models.
+    """
+    images = keras.Input(shape=(IMAGE_SIDE, IMAGE_SIDE, 1), name="image")
+    mu, _ = vae.encoder(images)
+    reconstruction = layers.Activation("sigmoid", name="reconstruction")(vae.decoder(mu))
+    return keras.Model(images, reconstruction, name="vae")
+
+
 def load_vae(path) -> VAE:
     """Load a saved VAE; `safe_mode=True` refuses any code smuggled into the file."""
     return keras.saving.load_model(path, safe_mode=True, compile=False)

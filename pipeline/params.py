@@ -58,6 +58,7 @@ class _Section(BaseModel):
 
 class Tracking(_Section):
     experiment: str = Field("fashion-mnist-vae", min_length=1)
+    registered_model: str = Field("fashion-mnist-vae", min_length=1)
 
 
 class Base(_Section):

@@ -11,9 +11,9 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,9 @@ from pipeline.params import PACKAGE_ROOT, Params, PipelineError, flatten
 
 STORE_DIR = "mlruns"
 RUN_FILE = Path("outputs/mlflow_run.json")
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+# MLflow 3.17's UI opens in its GenAI view unless told; this opens the runs and the model registry.
+UI_VIEW = "workflowType=machine_learning"
 
 
 def repo_root(package_root: Path = PACKAGE_ROOT) -> Path:
@@ -44,6 +47,35 @@ def repo_root(package_root: Path = PACKAGE_ROOT) -> Path:
 def default_store_uri(root: Path) -> str:
     """SQLite inside `<root>/mlruns/`: the URI `mlflow ui --backend-store-uri` takes."""
     return f"sqlite:///{root / STORE_DIR / 'mlflow.db'}"
+
+
+def redact(url: str) -> str:
+    """A URL with any password replaced by `***`, fit to print or log."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def ui_link(route: str) -> str:
+    """A link into the MLflow UI of the store in use: the tracking server, or a local `mlflow ui`."""
+    uri = mlflow.get_tracking_uri()
+    base = redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/{route}?{UI_VIEW}"
+
+
+def run_link(run: mlflow.entities.Run | mlflow.ActiveRun) -> str:
+    """The link to a run's page."""
+    return ui_link(f"experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+
+
+def ui_hint() -> str:
+    """How to open the links printed for a local store; nothing for a tracking server."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return ""
+    return f" (after `mlflow ui --backend-store-uri {uri}`)"
 
 
 class TrackingError(PipelineError):
@@ -216,11 +248,16 @@ def log_dataset(x_train: np.ndarray, *, digest: str, source: str) -> None:
     mlflow.log_input(dataset, context="training")
 
 
-def write_run_file(run: mlflow.ActiveRun, path: Path = RUN_FILE) -> None:
-    """Record the run id as a DVC output, so later stages and people find the run."""
+def write_run_file(run: mlflow.ActiveRun, model: dict[str, str], path: Path = RUN_FILE) -> None:
+    """Record the run and its logged model as a DVC output, so later stages and people find them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, **model}
     path.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_run_file(path: Path = RUN_FILE) -> dict[str, str]:
+    """What `write_run_file` recorded."""
+    return json.loads(path.read_text())
 
 
 @contextlib.contextmanager
@@ -229,7 +266,7 @@ def resumed_run(params: Params, stage: str, path: Path = RUN_FILE) -> Iterator[m
 
     Ends FINISHED on success, FAILED on an error and KILLED on an interrupt.
     """
-    run_id = json.loads(path.read_text())["run_id"]
+    run_id = read_run_file(path)["run_id"]
     configure(params.base.tracking.experiment)
     run = mlflow.start_run(run_id=run_id)
     with honest_status():
@@ -312,14 +349,6 @@ def check_model_hash(path: Path) -> None:
             f"{path}: SHA-256 {actual} differs from {recorded} recorded by the training run; "
             "re-run `dvc repro` to train it again"
         )
-
-
-def log_model(vae, example: np.ndarray) -> None:
-    """The VAE in MLflow's Keras flavour with an input/output signature."""
-    signature = mlflow.models.infer_signature(example, vae.predict(example, verbose=0))
-    # Inference of requirements reloads the model without this package and fails; name them.
-    requirements = [f"{name}=={version(name)}" for name in ("keras", "tensorflow", "fashion-vae-pipeline")]
-    mlflow.keras.log_model(vae, name="model", signature=signature, pip_requirements=requirements)
 
 
 def log_metrics(metrics: dict[str, float]) -> None:

@@ -15,8 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import data, tracking
-from pipeline.model import VAE, build_vae
+from pipeline import data, logged_model, registry, tracking
+from pipeline.model import VAE, build_vae, inference_model
 from pipeline.params import Model, Params, PipelineError, Train, flatten, load_params, run_stage
 from pipeline.prepare import PREPARED, SUMMARY
 
@@ -129,6 +129,16 @@ def write_history(history: dict[str, list[float]], path: Path) -> None:
             writer.writerow([int(history["epoch"][i]), *(history[k][i] for k in keys[1:])])
 
 
+def log_and_register(vae: VAE, registered_model: str) -> dict[str, str]:
+    """Log the model into the active run as a new version of `registered_model`; what was made."""
+    info = logged_model.log_model(inference_model(vae), registered_model_name=registered_model)
+    version = str(info.registered_model_version)
+    git = tracking.git_state(Path.cwd())
+    tags = {"run_id": info.run_id, **{k: git[k] for k in ("git.commit", "git.dirty") if k in git}}
+    registry.tag_version(registered_model, version, tags)
+    return {"model_id": info.model_id, "registered_model": registered_model, "model_version": version}
+
+
 def main() -> None:
     params = load_params()
     splits = data.load_prepared(PREPARED)
@@ -171,10 +181,14 @@ def main() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         write_history(history, HISTORY)
         METRICS.write_text(json.dumps(final, indent=2) + "\n")
-        tracking.log_model(vae, data.to_model_input(val_images[:8]))
-        tracking.write_run_file(run)
+        model = log_and_register(vae, params.base.tracking.registered_model)
+        tracking.write_run_file(run, model)
     shutil.rmtree(BACKUP)
-    print(f"train: val_loss {final['val_loss']:.3f} nats, run {run.info.run_id}")
+    print(
+        f"train: val_loss {final['val_loss']:.3f} nats; model {model['registered_model']} "
+        f"version {model['model_version']} (models:/{model['model_id']})\n"
+        f"train: run {tracking.run_link(run)}{tracking.ui_hint()}"
+    )
 
 
 if __name__ == "__main__":

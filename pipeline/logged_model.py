@@ -1,0 +1,87 @@
+"""The trained VAE as an MLflow model: a Keras flavor and a pyfunc that reconstructs, encodes or generates.
+
+`Model.log` takes this module as the "flavor" whose `save_model` writes the model folder:
+MLflow's own Keras flavor (so `mlflow.keras.load_model` works), then a `python_function`
+flavor whose loader is the standalone `vae_pyfunc.py` shipped in the model's `code/`,
+so `mlflow.pyfunc.load_model` and `mlflow models serve` need nothing of this package.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.models import Model, ModelSignature
+from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+from pipeline import vae_pyfunc
+
+NAME = "model"  # the LoggedModel's name
+# The model needs no more than these; `fashion-vae-pipeline` is not on PyPI and not needed.
+REQUIREMENTS = ("keras", "tensorflow")
+
+
+def signature() -> ModelSignature:
+    """Reconstructions out; the `mode` parameter picks encode or generate instead.
+
+    No input schema: MLflow would enforce one shape for every mode, and `generate` takes
+    latent points, not images. `vae_pyfunc` checks the input of each mode and names the
+    shape it expects.
+    """
+    return ModelSignature(
+        inputs=None,
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *vae_pyfunc.IMAGE_SHAPE), "reconstruction")]),
+        params=ParamSchema([ParamSpec("mode", "string", vae_pyfunc.MODES[0])]),
+    )
+
+
+def save_model(path: str, mlflow_model: Model, *, keras_model, pip_requirements: list[str]) -> None:
+    """Write the model folder: MLflow's Keras flavor, then our pyfunc loader beside it."""
+    flavor_logger = logging.getLogger("mlflow.keras.save")
+    level = flavor_logger.level
+    flavor_logger.setLevel(logging.ERROR)  # it warns of no signature; ours is set below
+    try:
+        mlflow.keras.save_model(
+            keras_model, path, mlflow_model=mlflow_model, pip_requirements=pip_requirements, signature=None
+        )
+    finally:
+        flavor_logger.setLevel(level)
+    code = Path(path) / "code"
+    code.mkdir()
+    shutil.copy(vae_pyfunc.__file__, code / "vae_pyfunc.py")
+    mlflow_model.signature = signature()
+    mlflow_model.metadata = {
+        "modes": {
+            "reconstruct": "images (n, 28, 28, 1) or (n, 28, 28) in [0, 1] -> reconstructions (n, 28, 28, 1)",
+            "encode": "images -> {mean, log_variance}, each (n, latent_dim)",
+            "generate": "latent points (n, latent_dim) -> images (n, 28, 28, 1)",
+        },
+        "latent_dim": int(keras_model.get_layer("decoder").input_shape[-1]),
+    }
+    # Replaces the Keras flavor's own python_function entry, which would ignore `mode`.
+    mlflow.pyfunc.add_to_model(
+        mlflow_model,
+        loader_module="vae_pyfunc",
+        data="data",
+        code="code",
+        conda_env="conda.yaml",
+        python_env="python_env.yaml",
+    )
+    mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
+def log_model(keras_model, registered_model_name: str | None = None) -> mlflow.models.model.ModelInfo:
+    """Log into the active run, registering a new version of `registered_model_name` if given."""
+    return Model.log(
+        artifact_path=None,
+        name=NAME,
+        flavor=sys.modules[__name__],
+        keras_model=keras_model,
+        pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
+        registered_model_name=registered_model_name,
+    )
