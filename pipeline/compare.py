@@ -26,7 +26,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pipeline import tracking
+from pipeline import registry, tracking
 from pipeline.params import PipelineError, load_params, run_stage
 
 REPORT = Path("reports/compare.html")
@@ -57,6 +57,7 @@ class RunView:
     metrics: dict[str, float]
     curves: dict[str, list[float]] = field(default_factory=dict)  # e.g. "loss/val" -> per epoch
     figures: dict[str, bytes] = field(default_factory=dict)
+    versions: list[dict[str, str]] = field(default_factory=list)  # registered: name, version, aliases
 
 
 def collect(run) -> RunView:
@@ -78,6 +79,15 @@ def collect(run) -> RunView:
         metrics=dict(run.data.metrics),
         curves=curves,
         figures=tracking.run_figures(run_id),
+        versions=[
+            {
+                "name": version.name,
+                "version": str(version.version),
+                "aliases": ", ".join(version.aliases) or "—",
+                "promote": registry.promote_command(version.name, str(version.version), tracking.store_uri()),
+            }
+            for version in registry.versions_of_run(run_id)
+        ],
     )
 
 
@@ -215,7 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(views, title=f"Comparing {len(views)} runs: {how}"))
     run_id = tracking.log_comparison(experiment_id, args.output, runs, how)
-    print(f"compare: {len(views)} runs in {args.output}; logged to MLflow run {run_id}")
+    link = tracking.ui_link(f"experiments/{experiment_id}/runs/{run_id}")
+    print(
+        f"compare: {len(views)} runs in {args.output}\n"
+        f"compare: logged to MLflow run {run_id}: {link}{tracking.ui_hint()}"
+    )
 
 
 TEMPLATE = """<!doctype html>
@@ -255,6 +269,24 @@ TEMPLATE = """<!doctype html>
     <td><code>{{ run.run_id }}</code></td><td>{{ run.description | inline_code }}</td></tr>
   {% endfor %}
 </table>
+
+<h2>Model registry</h2>
+{% if runs | selectattr("versions") | list %}
+<table id="registry">
+  <tr><th>run</th><th>registered model</th><th>version</th><th>aliases</th><th>make it the champion</th></tr>
+  {% for run in runs %}{% for version in run.versions %}
+  <tr><td>{{ run.name }}</td><td>{{ version.name }}</td><td>{{ version.version }}</td>
+    <td>{{ version.aliases }}</td><td><code>{{ version.promote }}</code></td></tr>
+  {% endfor %}{% endfor %}
+</table>
+<p class="note">Every trained model is a version; the alias <code>champion</code> moves by itself only
+  to a version with a lower <code>test_loss</code>, and <code>models:/&lt;name&gt;@champion</code> loads it.
+  To promote a version by hand, or roll back to an older one, point the alias at it: run the command
+  in its row, or in the MLflow UI open <em>Model registry</em>, the model, the version, and edit its
+  aliases.</p>
+{% else %}
+<p class="note">None of these runs registered a model: a sweep trial trains but does not log one.</p>
+{% endif %}
 
 <h2>Params</h2>
 <table id="params">

@@ -15,11 +15,11 @@ CHAMPION = "champion"
 TEST_LOSS = "test_loss"  # the version tag `evaluate` sets, which the champion is chosen by
 
 
-def promote_command(name: str, version: str) -> str:
+def promote_command(name: str, version: str, tracking_uri: str) -> str:
     """MLflow's own call that points `champion` at a version: to promote, or to roll back."""
     return (
-        'python -c "import mlflow; mlflow.MlflowClient().set_registered_model_alias('
-        f"'{name}', '{CHAMPION}', '{version}')\""
+        f"python -c \"import mlflow; mlflow.MlflowClient('{tracking_uri}')"
+        f".set_registered_model_alias('{name}', '{CHAMPION}', '{version}')\""
     )
 
 

@@ -58,6 +58,11 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def store_uri() -> str:
+    """The tracking URI in use, fit to print."""
+    return redact(mlflow.get_tracking_uri())
+
+
 def ui_link(route: str) -> str:
     """A link into the MLflow UI of the store in use: the tracking server, or a local `mlflow ui`."""
     uri = mlflow.get_tracking_uri()

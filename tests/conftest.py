@@ -74,10 +74,21 @@ def store(repo: Path):
 
 
 @contextlib.contextmanager
-def serving(command: list[str], ready_url: str, what: str, cwd: Path | None = None, timeout: float = 90):
+def serving(
+    command: list[str],
+    ready_url: str,
+    what: str,
+    cwd: Path | None = None,
+    timeout: float = 90,
+    env: dict[str, str] | None = None,
+):
     """Start a server, wait until `ready_url` answers, and stop it afterwards, even on failure."""
     server = subprocess.Popen(
-        command, cwd=cwd, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        cwd=cwd,
+        env={**run_env(), **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -143,6 +144,11 @@ def test_compare_report_opens_offline_with_every_image(repo, browser, artifacts)
     best = min(runs.values(), key=lambda r: r.data.metrics["test_loss"])
     column = [r.info.run_name for r in (runs["2"], runs["3"])].index(best.info.run_name)
     assert "best" in test_loss.locator("td.num").nth(column).get_attribute("class")
+    # One registered version per trained run: run, model, version, aliases, the promote command.
+    registered = [row.split("\t") for row in page.locator("#registry tr").all_inner_texts()[1:]]
+    assert [row[0] for row in registered] == [runs["2"].info.run_name, runs["3"].info.run_name]
+    assert [row[0] for row in registered if row[3].strip() == "champion"] == [best.info.run_name]
+    assert "set_registered_model_alias('fashion-mnist-vae', 'champion', '2')" in registered[1][4]
     page.screenshot(path=artifacts / "compare_report.png", full_page=True)
     assert errors == []
 
@@ -151,6 +157,27 @@ def test_compare_report_opens_offline_with_every_image(repo, browser, artifacts)
     )
     assert logged.data.tags["compare.run_ids"] == f"{runs['2'].info.run_id},{runs['3'].info.run_id}"
     assert [a.path for a in store(repo).list_artifacts(logged.info.run_id)] == ["compare.html"]
+
+
+def test_printed_link_opens_the_model_training_view(repo, mlflow_ui, browser, artifacts, tmp_path):
+    report = tmp_path / "best.html"
+    env = {"MLFLOW_TRACKING_URI": mlflow_ui}  # the UI's own server, as a team's would be
+    result = run(["python", "-m", "pipeline.compare", "--best", "1", "--output", str(report)], repo, env=env)
+    link = re.search(r"^compare: logged to MLflow run \w+: (\S+)$", result.stdout, re.MULTILINE)[1]
+    assert link.startswith(f"{mlflow_ui}/#/experiments/") and link.endswith("?workflowType=machine_learning")
+
+    errors: list[str] = []
+    page = open_page(browser, errors, viewport={"width": 1300, "height": 900})
+    page.goto(link)
+    page.get_by_text("compare: latent", exact=False).first.wait_for(timeout=60_000)  # the report run
+    page.get_by_text("Model registry", exact=True).wait_for()  # the model-training view's menu
+    assert page.get_by_text("Evaluation runs", exact=True).count() == 0  # the GenAI view's
+    page.screenshot(path=artifacts / "mlflow_printed_link.png")
+
+    fresh = open_page(browser, errors, viewport={"width": 1300, "height": 900})
+    fresh.goto(link.removesuffix("?workflowType=machine_learning"))  # what a bare link opens
+    fresh.get_by_text("Evaluation runs", exact=True).wait_for(timeout=60_000)
+    assert errors == []
 
 
 def test_compare_best_picks_the_lowest_test_loss(repo, tmp_path):

@@ -101,15 +101,16 @@ def test_mlflow_run_holds_all_four_stages(repo):
     digest = json.loads((repo / "data/prepared/summary.json").read_text())["digest"]
     assert dataset.dataset.digest == digest[:16]
 
-    import pipeline.model  # noqa: F401  registers VAE and Sampling, as for any custom Keras class
-
     mlflow.set_tracking_uri(default_store_uri(repo))
     (logged,) = mlflow.search_logged_models(experiment_ids=[tracked.info.experiment_id], output_format="list")
     assert logged.source_run_id == tracked.info.run_id
     model = mlflow.keras.load_model(logged.model_uri)
     assert model.predict(np.zeros((2, 28, 28, 1), "float32"), verbose=0).shape == (2, 28, 28, 1)
     signature = mlflow.models.get_model_info(logged.model_uri).signature
-    assert tuple(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 28, 28, 1)
+    assert tuple(signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 28, 28, 1)
+    assert signature.params.to_dict() == [
+        {"name": "mode", "default": "reconstruct", "shape": None, "type": "string"}
+    ]
 
 
 def test_second_repro_runs_nothing(repo):
