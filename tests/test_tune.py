@@ -76,6 +76,7 @@ def test_search_tracks_every_trial_and_resumes(repo):
         assert tracked.info.run_name.startswith(
             f"trial {trial.number}: latent {trial.params['model.latent_dim']}"
         )
+    assert client.search_model_versions() == []  # trials are compared, not registered
 
     best = (repo / "sweep/best_params.yaml").read_text()
     assert f"model.latent_dim: {study.best_params['model.latent_dim']}" in best
