@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML, YAMLError
 
+from pipeline.redact import has_password
+
 # The package lives at <root>/pipeline/, so the repository root is one level up.
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIDE = 28
@@ -268,9 +270,25 @@ def with_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[st
     return result
 
 
+def refuse_passwords(raw: Any, source: str, prefix: str = "") -> None:
+    """Stop at a URL with a password: params.yaml is committed, locked by DVC and logged."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            refuse_passwords(value, source, f"{prefix}{key}.")
+    elif isinstance(raw, str) and has_password(raw):
+        raise ParamsError(
+            f"{source}: {prefix.rstrip('.')}: the URL holds a password, which would be committed and "
+            "logged; leave it out and give it as PGPASSWORD or in ~/.pgpass (MLFLOW_TRACKING_PASSWORD "
+            "for a tracking server)"
+        )
+
+
 def read_params(path: Path | str | None = None) -> Any:
     """The raw mapping in `params.yaml` (default: the one at the repository root)."""
-    return read_yaml(Path(path) if path is not None else PACKAGE_ROOT / "params.yaml")
+    path = Path(path) if path is not None else PACKAGE_ROOT / "params.yaml"
+    raw = read_yaml(path)
+    refuse_passwords(raw, path.name)
+    return raw
 
 
 def load_params(path: Path | str | None = None) -> Params:

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 
 from pipeline.params import PACKAGE_ROOT, Params, PipelineError, flatten
+from pipeline.redact import redact, redact_text, redact_values, without_credentials
 
 STORE_DIR = "mlruns"
 RUN_FILE = Path("outputs/mlflow_run.json")
@@ -47,15 +47,6 @@ def repo_root(package_root: Path = PACKAGE_ROOT) -> Path:
 def default_store_uri(root: Path) -> str:
     """SQLite inside `<root>/mlruns/`: the URI `mlflow ui --backend-store-uri` takes."""
     return f"sqlite:///{root / STORE_DIR / 'mlflow.db'}"
-
-
-def redact(url: str) -> str:
-    """A URL with any password replaced by `***`, fit to print or log."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def store_uri() -> str:
@@ -92,11 +83,11 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+        with urllib.request.urlopen(f"{without_credentials(uri).rstrip('/')}/health", timeout=timeout):
             pass
     except (OSError, ValueError) as exc:
         raise TrackingError(
-            f"MLFLOW_TRACKING_URI={uri}: the tracking server does not answer ({exc})"
+            f"MLFLOW_TRACKING_URI={redact(uri)}: the tracking server does not answer ({exc})"
         ) from None
 
 
@@ -132,8 +123,13 @@ def _experiment_id(name: str, artifact_location: str | None) -> str:
 
 
 def owner_tags() -> dict[str, str]:
-    """Which process runs this run, so a run it leaves RUNNING can be found after it dies."""
-    return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
+    """Which process runs this run, so a run it leaves RUNNING can be found after it dies,
+    and from which checkout: on a shared server, which teammate's clone it came from."""
+    return {
+        "pipeline.host": socket.gethostname(),
+        "pipeline.pid": str(os.getpid()),
+        "pipeline.checkout": str(repo_root()),
+    }
 
 
 def _alive(pid: int) -> bool:
@@ -164,14 +160,40 @@ def mark_dead_runs(experiment_id: str) -> list[str]:
     return marked
 
 
+def server_gone() -> bool:
+    """Whether the tracking URI names a server that no longer answers."""
+    try:
+        check_reachable(mlflow.get_tracking_uri(), timeout=3.0)
+    except TrackingError:
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def honest_status() -> Iterator[None]:
-    """End the active run KILLED on an interrupt, FAILED on an error, FINISHED otherwise."""
+    """End the active run KILLED on an interrupt, FAILED on an error, FINISHED otherwise.
+
+    If the error is the tracking server going away, the run cannot be ended there: it stays
+    RUNNING, to be resumed (or marked FAILED by the next stage on this host), and the error
+    becomes one line that names the server.
+    """
     try:
         yield
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
+    except MlflowException as exc:
+        if not server_gone():
+            mlflow.end_run("FAILED")
+            raise
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # not minutes of retries on the way out
+        with contextlib.suppress(MlflowException):
+            mlflow.end_run("FAILED")  # leaves the run, whether or not the server took it
+        raise TrackingError(
+            f"the tracking server {store_uri()} stopped answering "
+            f"({redact_text(str(exc).splitlines()[0])[:200]}); "
+            "run the stage again once it is back: training resumes from its checkpoint"
+        ) from None
     except BaseException:
         mlflow.end_run("FAILED")
         raise
@@ -241,10 +263,15 @@ def training_run(params: Params, resume_run_id: str | None = None) -> Iterator[m
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(params, exp_name), tags=tags)
     with honest_status():
         if resume_run_id is None:
-            mlflow.log_params(flatten(params))
+            mlflow.log_params(loggable(params))
         else:  # settings outside training (e.g. plot.*) may have changed meanwhile
-            log_stage_params(flatten(params))
+            log_stage_params(loggable(params))
         yield run
+
+
+def loggable(params: Params) -> dict[str, Any]:
+    """Flattened params fit to log: a password in any URL (say `tune.storage`) replaced by `***`."""
+    return redact_values(flatten(params))
 
 
 def log_dataset(x_train: np.ndarray, *, digest: str, source: str) -> None:
@@ -284,6 +311,7 @@ def log_stage_params(params: dict[str, Any]) -> None:
 
     MLflow params are immutable, and re-plotting the same model with new settings must not fail.
     """
+    params = redact_values(params)
     recorded = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     fresh = {k: v for k, v in params.items() if k not in recorded}
     changed = {f"changed.{k}": str(v) for k, v in params.items() if k in recorded and recorded[k] != str(v)}
@@ -382,14 +410,14 @@ def study_run(params: Params, *, study_name: str, storage: str, run_id: str | No
             "optuna.study_name": study_name,
         }
         tags["mlflow.note.content"] = (
-            f"Optuna study `{study_name}` ({storage}): each child run is one trial. "
+            f"Optuna study `{study_name}` ({redact(storage)}): each child run is one trial. "
             f"Compare its best trials with `python -m pipeline.compare --study {study_name}`."
         )
         run = client.create_run(experiment_id, run_name=f"study {study_name}", tags=tags)
         run_id = run.info.run_id
         values = [
             mlflow.entities.Param(k, str(v))
-            for k, v in {"optuna.storage": storage, **flatten(params)}.items()
+            for k, v in {"optuna.storage": redact(storage), **loggable(params)}.items()
         ]
         for start in range(0, len(values), 100):  # the most log_batch takes at once
             client.log_batch(run_id, params=values[start : start + 100])
@@ -435,7 +463,7 @@ def trial_run(params: Params, *, parent_run_id: str, trial_number: int) -> Itera
     name = f"trial {trial_number}: {run_name(params)}"
     mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags)
     try:
-        mlflow.log_params(flatten(params))
+        mlflow.log_params(loggable(params))
         yield outcome
         state = "COMPLETE"
     except TrialPruned:

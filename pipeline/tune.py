@@ -11,7 +11,6 @@ at the end logs Optuna's figures and writes the best trial's params as overrides
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import math
@@ -24,7 +23,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
 from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
@@ -33,6 +31,7 @@ from ruamel.yaml import YAML
 
 import optuna
 from pipeline import tracking
+from pipeline.redact import redact
 from pipeline.params import (
     Data,
     Dimension,
@@ -51,6 +50,7 @@ BEST_PARAMS = Path("sweep/best_params.yaml")
 SUMMARY = Path("sweep/summary.json")
 JOURNAL = Path("optuna/journal.log")
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+PARENT_WAIT = 60  # seconds a joining launcher waits for the study's creator to make the parent run
 # "N trials" counts finished ones, whatever their end; a FAIL retried after a heartbeat counts once more.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # The searched metric: negative ELBO on the validation split, never the test set.
@@ -63,7 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-trials", type=int, help="finished trials wanted in the study, in total")
     parser.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     parser.add_argument("--study-name")
-    parser.add_argument("--storage", help="journal file path, or postgresql://user@host:port/db")
+    parser.add_argument(
+        "--storage", help="journal file path, or postgresql://user@host:port/db (password in PGPASSWORD)"
+    )
     parser.add_argument("--workers", type=int, help="worker processes on this machine")
     parser.add_argument(
         "-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key"
@@ -198,7 +200,9 @@ def work(raw: dict[str, Any], worker: int) -> None:
     study.optimize(
         functools.partial(objective, raw=raw, parent_run_id=study.user_attrs[PARENT_RUN_ATTR]),
         timeout=tune.timeout,
-        callbacks=[MaxTrialsCallback(tune.n_trials, states=FINISHED)],
+        # Running trials count too, so that workers on every machine stop once the trials
+        # started add up to `n_trials`, rather than each starting one more.
+        callbacks=[MaxTrialsCallback(tune.n_trials, states=(*FINISHED, TrialState.RUNNING))],
         catch=(TrainingError,),  # a diverged trial fails; the study goes on
         gc_after_trial=True,
     )
@@ -303,6 +307,32 @@ def dvc_args(path: Path = BEST_PARAMS) -> str:
     return " ".join(f"-S {key}={value}" for key, value in read_yaml(path).items())
 
 
+def join_study(params: Params) -> tuple[optuna.Study, str]:
+    """Create the study and its MLflow parent run, or join them; return both.
+
+    Creating a study is atomic in every Optuna storage, so of launchers starting at once,
+    on one machine or on several, exactly one creates the study and then its parent run;
+    the others wait for the parent run's id to appear in the study's attributes.
+    """
+    tune = params.tune
+    storage = open_storage(tune)
+    try:
+        study = optuna.create_study(study_name=tune.study_name, storage=storage, direction="minimize")
+        parent_run_id = None
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=tune.study_name, storage=storage)
+        deadline = time.monotonic() + PARENT_WAIT
+        while PARENT_RUN_ATTR not in study.user_attrs and time.monotonic() < deadline:
+            time.sleep(0.5)
+        parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)  # None: its creator died first
+    run_id = tracking.study_run(
+        params, study_name=tune.study_name, storage=storage_url(tune), run_id=parent_run_id
+    )
+    if parent_run_id is None:
+        study.set_user_attr(PARENT_RUN_ATTR, run_id)
+    return study, run_id
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.print_best:
@@ -313,18 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     if not tune.space:
         raise ParamsError("tune.space: empty, so there is nothing to search")
 
-    # Launchers starting at once on one machine: one creates the study and its parent run.
-    url = storage_url(tune)
-    if "://" not in url:
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{url}.init.lock") if "://" not in url else contextlib.nullcontext():
-        study = optuna.create_study(
-            study_name=tune.study_name, storage=open_storage(tune), direction="minimize", load_if_exists=True
-        )
-        parent_run_id = tracking.study_run(
-            params, study_name=tune.study_name, storage=url, run_id=study.user_attrs.get(PARENT_RUN_ATTR)
-        )
-        study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
+    study, parent_run_id = join_study(params)
 
     started = time.monotonic()
     status = "FAILED"
@@ -340,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
             parent_run_id, summary=summary, figures=study_figures(study, tune.space), status=status
         )
     print(
-        f"tune: study {tune.study_name!r} in {storage_url(tune)}\n"
+        f"tune: study {tune.study_name!r} in {redact(storage_url(tune))}\n"
         f"  trials: {summary['trials_complete']} complete, {summary['trials_pruned']} pruned, "
         f"{summary['trials_failed']} failed ({summary['seconds']} s this session)\n"
         f"  MLflow parent run: {parent_run_id}"
