@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import keras
 import mlflow
 import numpy as np
 from filelock import FileLock
@@ -97,6 +98,9 @@ def configure(experiment: str, root: Path | None = None) -> str:
     Also marks runs left RUNNING by processes of this host that have died.
     """
     root = root or repo_root()
+    # MLflow prints its own "View run" links on a server: without `workflowType`, and with any
+    # password the tracking URI holds. The stages print theirs (`run_link`) instead.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         check_reachable(uri)
@@ -182,7 +186,7 @@ def honest_status() -> Iterator[None]:
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
-    except MlflowException as exc:
+    except (MlflowException, OSError) as exc:  # OSError: requests' errors, from artifact uploads
         if not server_gone():
             mlflow.end_run("FAILED")
             raise
@@ -330,14 +334,15 @@ def grouped(name: str) -> str:
     return f"{name[4:]}/val" if name.startswith("val_") else f"{name}/train"
 
 
-class EpochMetrics(mlflow.keras.MlflowCallback):
-    """MLflow's Keras callback, logging only per epoch with the epoch as step, as `grouped` names.
+class EpochMetrics(keras.callbacks.Callback):
+    """Log each epoch's metrics to the active run, with the epoch as step, as `grouped` names.
 
-    It logs the model summary but not the optimizer's settings, which `train.*` params hold.
-    Its `on_test_end` would re-log the validation metrics at step 0 after every
-    epoch; Keras already hands them to `on_epoch_end` as `val_*`. Epochs are logged
-    synchronously, so a killed process loses none, and `skip_steps` (epochs an
-    interrupted attempt already logged) are not logged twice.
+    A plain Keras callback, not MLflow's `MlflowCallback`: that one runs under MLflow's
+    autologging guard, which turns a failed write (the tracking server gone) into a
+    warning and lets training go on with its epochs unrecorded. Here the error stops
+    training, so the checkpoint and the run stay in step. Epochs are logged synchronously,
+    so a killed process loses none, and `skip_steps` (epochs an interrupted attempt
+    already logged) are not logged twice. The model summary is logged as a text artifact.
     """
 
     def __init__(self, skip_steps: frozenset[int] = frozenset()):
@@ -345,7 +350,6 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
         self.skip_steps = skip_steps
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        # The parent also logs the optimizer's config as params: float32 copies of `train.*`.
         lines: list[str] = []
         self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
         mlflow.log_text("\n".join(lines), "model_summary.txt")
@@ -353,9 +357,6 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs and epoch not in self.skip_steps:
             mlflow.log_metrics({grouped(k): v for k, v in logs.items()}, step=epoch, synchronous=True)
-
-    def on_test_end(self, logs=None) -> None:
-        pass
 
 
 def logged_steps(run_id: str, key: str = "loss/train") -> frozenset[int]:

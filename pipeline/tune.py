@@ -102,6 +102,19 @@ def open_storage(tune: Tune) -> optuna.storages.BaseStorage:
     if "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url))
+    from sqlalchemy.exc import IntegrityError
+
+    # Launchers on several machines meeting a fresh database all create Optuna's tables, and
+    # PostgreSQL refuses all but one of them; a moment later the tables are there.
+    for wait in (1.0, 2.0):
+        try:
+            return _rdb_storage(url, tune)
+        except IntegrityError:
+            time.sleep(wait)
+    return _rdb_storage(url, tune)
+
+
+def _rdb_storage(url: str, tune: Tune) -> RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RDBStorage(

@@ -44,7 +44,13 @@ psql_admin() { pg psql -h "$PG_SOCKETS" -p "$TEAM_PG_PORT" -U postgres -v ON_ERR
 
 init_postgres() {
   mkdir -p "$PG_SOCKETS" && chmod 711 "$TEAM_DIR"  # others may pass through, not look in
-  [ "$(id -u)" = 0 ] && chown -R postgres "$TEAM_DIR/postgres"
+  if [ "$(id -u)" = 0 ]; then
+    chown -R postgres "$TEAM_DIR/postgres"
+    if ! runuser -u postgres -- test -x "$TEAM_DIR/postgres"; then
+      echo "team_server: user postgres cannot reach $TEAM_DIR; choose a TEAM_DIR whose parents it can enter" >&2
+      exit 2
+    fi
+  fi
   # Local socket (in the private TEAM_DIR): trust, for this script; TCP: passwords only.
   pg initdb -D "$PG_DATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
   echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PG_DATA/pg_hba.conf"
