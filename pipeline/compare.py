@@ -225,10 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(views, title=f"Comparing {len(views)} runs: {how}"))
     run_id = tracking.log_comparison(experiment_id, args.output, runs, how)
-    link = tracking.ui_link(f"experiments/{experiment_id}/runs/{run_id}")
     print(
         f"compare: {len(views)} runs in {args.output}\n"
-        f"compare: logged to MLflow run {run_id}: {link}{tracking.ui_hint()}"
+        f"compare: logged to MLflow run {run_id}: {tracking.run_link(run_id)}{tracking.ui_hint()}"
     )
 
 

@@ -62,8 +62,9 @@ def ui_link(route: str) -> str:
     return f"{base}/#/{route}?{UI_VIEW}"
 
 
-def run_link(run: mlflow.entities.Run | mlflow.ActiveRun) -> str:
-    """The link to a run's page."""
+def run_link(run: mlflow.entities.Run | mlflow.ActiveRun | str) -> str:
+    """The link to a run's page (given the run, or its id)."""
+    run = mlflow.get_run(run) if isinstance(run, str) else run
     return ui_link(f"experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
 
 

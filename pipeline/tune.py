@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         f"tune: study {tune.study_name!r} in {redact(storage_url(tune))}\n"
         f"  trials: {summary['trials_complete']} complete, {summary['trials_pruned']} pruned, "
         f"{summary['trials_failed']} failed ({summary['seconds']} s this session)\n"
-        f"  MLflow parent run: {parent_run_id}"
+        f"  MLflow parent run: {tracking.run_link(parent_run_id)}{tracking.ui_hint()}"
     )
     if "best_params" in summary:
         write_best(summary, tune.study_name)

@@ -3,7 +3,8 @@
 # tracking server whose backend store is that PostgreSQL and whose artifacts it proxies from a
 # directory, and the Optuna database.
 #
-#   bash scripts/team_server.sh start    # set up on first use, start, print what to export
+#   bash scripts/team_server.sh start [mlflow server options]   # set up on first use, start,
+#                                                               # print what to export
 #   bash scripts/team_server.sh stop
 #
 # Settings (environment):
@@ -87,7 +88,7 @@ start() {
     PGPASSFILE="$PGPASS" setsid "$PWD/.venv/bin/mlflow" server \
       --backend-store-uri "postgresql+psycopg2://mlflow@$TEAM_HOST:$TEAM_PG_PORT/mlflow" \
       --artifacts-destination "$TEAM_ARTIFACTS" \
-      --host "$TEAM_HOST" --port "$TEAM_MLFLOW_PORT" "${allowed[@]}" \
+      --host "$TEAM_HOST" --port "$TEAM_MLFLOW_PORT" "${allowed[@]}" "$@" \
       > "$TEAM_DIR/mlflow.log" 2>&1 < /dev/null &
     echo $! > "$MLFLOW_PID"
     for _ in $(seq 120); do
@@ -119,7 +120,7 @@ stop() {
 }
 
 case "${1:-}" in
-  start) start ;;
+  start) start "${@:2}" ;;
   stop) stop ;;
   *) echo "usage: bash scripts/team_server.sh start|stop" >&2; exit 2 ;;
 esac
