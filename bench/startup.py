@@ -1,4 +1,5 @@
-"""Fixed costs: a no-op `dvc repro`, each stage's imports, the store connection, the model build.
+"""Fixed costs: a no-op `dvc repro`, each stage's imports, the light commands' imports
+(`python -X importtime`), the store connection, the model build.
 
     python bench/startup.py            # in the repository, after `dvc repro` has run once
 
@@ -24,13 +25,13 @@ STORE = """
 import tempfile, time
 from pathlib import Path
 import mlflow
-from pipeline import tracking
+from pipeline import store
 with tempfile.TemporaryDirectory() as root:
     start = time.perf_counter()
-    tracking.configure("bench", root=Path(root))
+    store.configure("bench", root=Path(root))
     fresh = time.perf_counter() - start
     start = time.perf_counter()
-    tracking.configure("bench", root=Path(root))
+    store.configure("bench", root=Path(root))
     print(fresh, time.perf_counter() - start)
 """
 
@@ -62,6 +63,26 @@ def median_of(repeat: int, args: list[str]) -> tuple[float, str]:
     return statistics.median(t for t, _ in runs), runs[-1][1]
 
 
+def import_times(python: str, module: str) -> tuple[float, list[tuple[str, float]]]:
+    """`python -X importtime -c "import MODULE"`: its total seconds, and the packages it pulls in by cost."""
+    result = subprocess.run(
+        [python, "-X", "importtime", "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True
+    )
+    total, packages = 0.0, {}
+    for line in result.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.removeprefix("import time:").split("|")
+        if not cumulative.strip().isdigit():  # the header
+            continue
+        name, seconds = name.strip(), int(cumulative) / 1e6
+        if name == module:
+            total = seconds
+        elif "." not in name and name != "pipeline":  # a package itself, with all it imports
+            packages[name] = max(packages.get(name, 0.0), seconds)
+    return total, sorted(packages.items(), key=lambda item: -item[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="processes per figure (default 3)")
@@ -82,6 +103,14 @@ def main() -> None:
         probe = f"import sys, pipeline.{stage}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
         seconds, loaded = median_of(args.repeat, [python, "-c", probe])
         print(f"  {stage:<9} {seconds - baseline:5.2f} s  {loaded.strip() or '-'}")
+
+    print("light commands (python -X importtime: the module, then the three costliest packages):")
+    for module in ("pipeline.compare", "pipeline.tune"):
+        total, ranked = import_times(python, module)
+        heavy = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in ranked[:3])
+        print(f"  {module:<17} {total:5.2f} s  {heavy}")
+    seconds, _ = median_of(args.repeat, [python, "-m", "pipeline.tune", "--print-best"])
+    print(f"  tune --print-best wall: {seconds:.2f} s")
 
     _, out = timed([python, "-c", STORE])
     fresh, existing = (float(v) for v in out.split())

@@ -120,7 +120,7 @@ def measure(variant: str, workspace: Path, log: Path) -> dict:
     if variant == "stage":
         import mlflow
 
-        from pipeline.tracking import default_store_uri
+        from pipeline.store import default_store_uri
 
         wall, peak = run_measured([sys.executable, "-m", "pipeline.train"], workspace, log)
         run_id = json.loads((workspace / "outputs/mlflow_run.json").read_text())["run_id"]

@@ -26,8 +26,9 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pipeline import registry, tracking
-from pipeline.params import PipelineError, load_params, run_stage
+from pipeline import queries, registry, store
+from pipeline.params import PipelineError, load_params
+from pipeline.stage import run_stage
 
 REPORT = Path("reports/compare.html")
 # The `plot` stage's figures, in the order a person reads them; loss curves are drawn anew, overlaid.
@@ -69,7 +70,7 @@ def collect(run) -> RunView:
             # Runs logged before metrics were grouped hold Keras' own names.
             logged = next((k for k in (f"{name}/{split}", legacy) if k in run.data.metrics), None)
             if logged:
-                curves[f"{name}/{split}"] = tracking.metric_history(run_id, logged)
+                curves[f"{name}/{split}"] = queries.metric_history(run_id, logged)
     return RunView(
         run_id=run_id,
         name=run.info.run_name,
@@ -78,13 +79,13 @@ def collect(run) -> RunView:
         params=dict(run.data.params),
         metrics=dict(run.data.metrics),
         curves=curves,
-        figures=tracking.run_figures(run_id),
+        figures=queries.run_figures(run_id),
         versions=[
             {
                 "name": version.name,
                 "version": str(version.version),
                 "aliases": ", ".join(version.aliases) or "—",
-                "promote": registry.promote_command(version.name, str(version.version), tracking.store_uri()),
+                "promote": registry.promote_command(version.name, str(version.version), store.store_uri()),
             }
             for version in registry.versions_of_run(run_id)
         ],
@@ -168,10 +169,14 @@ def render(runs: list[RunView], *, title: str) -> str:
         for name, caption in FIGURES.items()
         if any(name in run.figures for run in runs)
     ]
-    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
     environment.filters["data_uri"] = data_uri
     environment.filters["inline_code"] = inline_code
-    return environment.from_string(TEMPLATE).render(
+    return environment.get_template("compare.html").render(
         title=title,
         created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         runs=runs,
@@ -202,14 +207,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def select(args: argparse.Namespace, experiment_id: str) -> tuple[list, str]:
     """The runs the command line names, and how they were chosen."""
     if args.runs:
-        return tracking.runs_named(experiment_id, args.runs), "named runs"
+        return queries.runs_named(experiment_id, args.runs), "named runs"
     if args.study is not None:
         n = args.best or STUDY_TRIALS
-        runs = tracking.best_trials(experiment_id, args.study, n)
+        runs = queries.best_trials(experiment_id, args.study, n)
         if not runs:
             raise PipelineError(f"study {args.study!r} has no complete trial in the MLflow store")
         return runs, f"the {n} best trials of study {args.study}"
-    runs = tracking.best_runs(experiment_id, args.best)
+    runs = queries.best_runs(experiment_id, args.best)
     if not runs:
         raise PipelineError("no finished trained model in the MLflow store; run `dvc repro` first")
     return runs, f"the {args.best} runs with the lowest test_loss"
@@ -219,135 +224,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per run's figures
     params = load_params()
-    experiment_id = tracking.configure(params.base.tracking.experiment)
+    experiment_id = store.configure(params.base.tracking.experiment)
     runs, how = select(args, experiment_id)
     views = [collect(run) for run in runs]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(views, title=f"Comparing {len(views)} runs: {how}"))
-    run_id = tracking.log_comparison(experiment_id, args.output, runs, how)
+    run_id = queries.log_comparison(experiment_id, args.output, runs, how)
     print(
         f"compare: {len(views)} runs in {args.output}\n"
-        f"compare: logged to MLflow run {run_id}: {tracking.run_link(run_id)}{tracking.ui_hint()}"
+        f"compare: logged to MLflow run {run_id}: {store.run_link(run_id)}{store.ui_hint()}"
     )
-
-
-TEMPLATE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{{ title }}</title>
-<style>
-  body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1d2433; }
-  h1 { font-size: 22px; margin-bottom: 4px; }
-  h2 { font-size: 17px; margin-top: 32px; border-bottom: 1px solid #d8dde6; padding-bottom: 4px; }
-  .note { color: #5b6478; }
-  table { border-collapse: collapse; }
-  th, td { padding: 4px 10px; border-bottom: 1px solid #e6e9ef; text-align: left; vertical-align: top; }
-  td.num { text-align: right; font-variant-numeric: tabular-nums; }
-  tr.differs td { background: #fff4d6; }
-  td.best { font-weight: 600; color: #0b6b2f; background: #e3f6e8; }
-  td.best::after { content: " \\2605"; }
-  code { font-size: 12px; }
-  .figures { display: grid; gap: 12px; }
-  .figures figure { margin: 0; }
-  .figures img { width: 100%; border: 1px solid #e6e9ef; }
-  .missing { padding: 40px 8px; text-align: center; color: #8a93a6; border: 1px dashed #c9ced8; }
-  img.curves { max-width: 100%; }
-</style>
-</head>
-<body>
-<h1>{{ title }}</h1>
-<p class="note">Made {{ created }} by <code>python -m pipeline.compare</code>.
-  Highlighted params differ between runs; &#9733; marks each metric's best value.</p>
-
-<h2>Runs</h2>
-<table>
-  <tr><th>#</th><th>name</th><th>kind</th><th>run id</th><th>description</th></tr>
-  {% for run in runs %}
-  <tr><td>{{ loop.index }}</td><td>{{ run.name }}</td><td>{{ run.kind }}</td>
-    <td><code>{{ run.run_id }}</code></td><td>{{ run.description | inline_code }}</td></tr>
-  {% endfor %}
-</table>
-
-<h2>Model registry</h2>
-{% if runs | selectattr("versions") | list %}
-<table id="registry">
-  <tr><th>run</th><th>registered model</th><th>version</th><th>aliases</th><th>make it the champion</th></tr>
-  {% for run in runs %}{% for version in run.versions %}
-  <tr><td>{{ run.name }}</td><td>{{ version.name }}</td><td>{{ version.version }}</td>
-    <td>{{ version.aliases }}</td><td><code>{{ version.promote }}</code></td></tr>
-  {% endfor %}{% endfor %}
-</table>
-<p class="note">Every trained model is a version; the alias <code>champion</code> moves by itself only
-  to a version with a lower <code>test_loss</code>, and <code>models:/&lt;name&gt;@champion</code> loads it.
-  To promote a version by hand, or roll back to an older one, point the alias at it: run the command
-  in its row, or in the MLflow UI open <em>Model registry</em>, the model, the version, and edit its
-  aliases.</p>
-{% else %}
-<p class="note">None of these runs registered a model: a sweep trial trains but does not log one.</p>
-{% endif %}
-
-<h2>Params</h2>
-<table id="params">
-  <tr><th>param</th>{% for run in runs %}<th>{{ run.name }}</th>{% endfor %}</tr>
-  {% for row in differ %}
-  <tr class="differs"><td><code>{{ row.key }}</code></td>
-    {% for value in row["values"] %}<td>{{ value }}</td>{% endfor %}</tr>
-  {% endfor %}
-</table>
-{% if same %}
-<details><summary>{{ same | length }} params are the same in every run</summary>
-<table>
-  {% for row in same %}<tr><td><code>{{ row.key }}</code></td><td>{{ row["values"][0] }}</td></tr>{% endfor %}
-</table>
-</details>
-{% endif %}
-
-{% macro metric_table(rows, id) %}
-<table id="{{ id }}">
-  <tr><th>metric</th>{% for run in runs %}<th>{{ run.name }}</th>{% endfor %}</tr>
-  {% for row in rows %}
-  <tr><td><code>{{ row.key }}</code></td>
-    {% for value in row["values"] %}
-    <td class="num{% if loop.index0 == row.best %} best{% endif %}">
-      {%- if value is none %}—{% else %}{{ "%.4g" | format(value) }}{% endif %}</td>
-    {% endfor %}</tr>
-  {% endfor %}
-</table>
-{% endmacro %}
-<h2>Metrics</h2>
-<p class="note">Test-set metrics (nats per image), then the last epoch's training and validation values.</p>
-{{ metric_table(metrics, "metrics") }}
-{% if per_class %}
-<details><summary>Test reconstruction loss by class</summary>
-{{ metric_table(per_class, "per-class") }}
-</details>
-{% endif %}
-
-<h2>Training and validation curves</h2>
-<img class="curves" alt="loss, reconstruction and KL per epoch for every run" src="{{ curves }}">
-
-<h2>Figures</h2>
-{% if not figures %}
-<p class="note">None of these runs has figures: a sweep trial trains but does not plot.
-  To see the best trial's figures, re-train it through the pipeline:
-  <code>dvc exp run $(python -m pipeline.tune --print-best)</code>.</p>
-{% endif %}
-{% for figure in figures %}
-<h3>{{ figure.title }}</h3>
-<div class="figures" style="grid-template-columns: repeat({{ runs | length }}, 1fr)">
-  {% for png in figure.cells %}
-  <figure>
-    {% if png %}<img alt="{{ figure.title }}: {{ runs[loop.index0].name }}" src="{{ png | data_uri }}">
-    {% else %}<div class="missing">not plotted: a {{ runs[loop.index0].kind }} has no figures</div>{% endif %}
-    <figcaption>{{ runs[loop.index0].name }}</figcaption>
-  </figure>
-  {% endfor %}
-</div>
-{% endfor %}
-</body>
-</html>
-"""
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ import tensorflow as tf
 from keras import ops
 from sklearn.neighbors import KNeighborsClassifier
 
-from pipeline import data, registry, tracking
+from pipeline import data, registry, runs, store
 from pipeline.model import kl_divergence, load_vae, reconstruction_loss
-from pipeline.params import flatten, load_params, run_stage
+from pipeline.params import flatten, load_params
 from pipeline.prepare import PREPARED
+from pipeline.stage import run_stage
 from pipeline.train import MODEL, batches
 
 METRICS = Path("metrics/evaluate.json")
@@ -101,7 +102,7 @@ def class_key(name: str) -> str:
 
 def rank_in_registry(test_loss: float) -> str:
     """Tag the trained model's registered version with its test_loss; the champion follows the best."""
-    model = tracking.read_run_file()
+    model = runs.read_run_file()
     if "model_version" not in model:  # trained before models were registered
         return ""
     name, version = model["registered_model"], model["model_version"]
@@ -115,10 +116,10 @@ def main() -> None:
     config = params.evaluate
     rng = np.random.default_rng(params.base.seed)
 
-    with tracking.resumed_run(params, "evaluate") as run:  # an error ends the run FAILED, an interrupt KILLED
-        tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("evaluate.")})
+    with runs.resumed_run(params, "evaluate") as run:  # an error ends the run FAILED, an interrupt KILLED
+        runs.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("evaluate.")})
         splits = data.load_prepared(PREPARED)
-        tracking.check_model_hash(MODEL)
+        runs.check_model_hash(MODEL)
         vae = load_vae(MODEL)
         x_test, y_test = data.to_model_input(splits["test"].images), splits["test"].labels
         mu, logvar = encode(vae.encoder, splits["test"].images, config.batch_size)
@@ -151,12 +152,12 @@ def main() -> None:
         per_class = {
             f"reconstruction_by_class/{class_key(row['class'])}": row["reconstruction"] for row in by_class
         }
-        tracking.log_metrics({**metrics, **per_class})
+        runs.log_metrics({**metrics, **per_class})
         standing = rank_in_registry(metrics["test_loss"])
     print(
         f"evaluate: test_loss {metrics['test_loss']:.3f} nats, "
         f"IW NLL {metrics['test_iw_nll']:.3f}{standing}\n"
-        f"evaluate: run {tracking.run_link(run)}{tracking.ui_hint()}"
+        f"evaluate: run {store.run_link(run)}{store.ui_hint()}"
     )
 
 

@@ -8,21 +8,23 @@ from statistics import NormalDist
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # the object API draws to files with no display or pyplot state
+from scipy.special import expit
 from sklearn.decomposition import PCA
 
-from pipeline import data, tracking
+from pipeline import data, runs
 from pipeline.evaluate import encode
 from pipeline.model import VAE, load_vae
-from pipeline.params import Plot, flatten, load_params, run_stage
+from pipeline.params import Plot, flatten, load_params
 from pipeline.prepare import PREPARED
+from pipeline.stage import run_stage
 from pipeline.train import HISTORY, MODEL, read_history
 
 FIGURES = Path("plots/figures")
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Bernoulli means from logits."""
-    return 1.0 / (1.0 + np.exp(-logits))
+    """Bernoulli means from logits; SciPy's `expit` does not overflow for very negative logits."""
+    return expit(logits)
 
 
 def tile(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -140,10 +142,10 @@ def loss_curves(history: dict[str, list[float]]) -> Figure:
 def main() -> None:
     params = load_params()
     config = params.plot
-    with tracking.resumed_run(params, "plot"):  # an error below ends the run FAILED, an interrupt KILLED
-        tracking.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("plot.")})
+    with runs.resumed_run(params, "plot"):  # an error below ends the run FAILED, an interrupt KILLED
+        runs.log_stage_params({k: v for k, v in flatten(params).items() if k.startswith("plot.")})
         test = data.load_prepared(PREPARED)["test"]
-        tracking.check_model_hash(MODEL)
+        runs.check_model_hash(MODEL)
         vae = load_vae(MODEL)
         images, labels = test.images[: config.scatter_points], test.labels[: config.scatter_points]
         mu, _ = encode(vae.encoder, images, batch_size=params.evaluate.batch_size)
@@ -158,7 +160,7 @@ def main() -> None:
         FIGURES.mkdir(parents=True, exist_ok=True)
         for name, fig in figures.items():
             fig.savefig(FIGURES / name, dpi=config.dpi)
-            tracking.log_figure(fig, name)
+            runs.log_figure(fig, name)
     print(f"plot: {len(figures)} figures in {FIGURES}")
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import data
-from pipeline.params import load_params, run_stage
+from pipeline.params import load_params
+from pipeline.stage import run_stage
 
 PREPARED = Path("data/prepared/fashion_mnist.npz")
 SUMMARY = Path("data/prepared/summary.json")

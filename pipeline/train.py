@@ -15,10 +15,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import data, logged_model, registry, tracking
+from pipeline import callbacks, data, logged_model, registry, runs, store
 from pipeline.model import VAE, build_vae, inference_model
-from pipeline.params import Model, Params, PipelineError, Train, flatten, load_params, run_stage
+from pipeline.params import Model, Params, PipelineError, Train, flatten, load_params
 from pipeline.prepare import PREPARED, SUMMARY
+from pipeline.stage import run_stage
 
 MODEL = Path("models/vae.keras")
 # Checkpoints of an unfinished training; not a DVC output, so `dvc repro` does not wipe them.
@@ -133,7 +134,7 @@ def log_and_register(vae: VAE, registered_model: str) -> dict[str, str]:
     """Log the model into the active run as a new version of `registered_model`; what was made."""
     info = logged_model.log_model(inference_model(vae), registered_model_name=registered_model)
     version = str(info.registered_model_version)
-    git = tracking.git_state(Path.cwd())
+    git = runs.git_state(Path.cwd())
     tags = {"run_id": info.run_id, **{k: git[k] for k in ("git.commit", "git.dirty") if k in git}}
     registry.tag_version(registered_model, version, tags)
     return {"model_id": info.model_id, "registered_model": registered_model, "model_version": version}
@@ -147,14 +148,14 @@ def main() -> None:
     key = training_key(params, summary["digest"])
     resume_run_id = run_to_resume(key)
 
-    with tracking.training_run(params, resume_run_id=resume_run_id) as run:
+    with runs.training_run(params, resume_run_id=resume_run_id) as run:
         BACKUP.mkdir(parents=True, exist_ok=True)
         (BACKUP / "run.json").write_text(json.dumps({"key": key, "run_id": run.info.run_id}) + "\n")
         if resume_run_id is None:
-            tracking.log_dataset(train_images, digest=summary["digest"], source=str(PREPARED))
+            runs.log_dataset(train_images, digest=summary["digest"], source=str(PREPARED))
             already_logged = frozenset()
         else:
-            already_logged = tracking.logged_steps(resume_run_id)
+            already_logged = runs.logged_steps(resume_run_id)
             print(f"train: resuming run {resume_run_id} from its last checkpoint")
         # Order matters at each epoch's end: history and metrics first, then the checkpoint.
         vae, _ = fit_vae(
@@ -165,7 +166,7 @@ def main() -> None:
             seed=params.base.seed,
             callbacks=[
                 keras.callbacks.CSVLogger(str(BACKUP / "history.csv"), append=True),
-                tracking.EpochMetrics(skip_steps=already_logged),
+                callbacks.EpochMetrics(skip_steps=already_logged),
                 # Two checkpoints: a kill while one is being written leaves the other to resume from.
                 keras.callbacks.BackupAndRestore(str(BACKUP / "state"), double_checkpoint=True),
             ],
@@ -176,18 +177,18 @@ def main() -> None:
             raise TrainingError(f"training diverged: final metrics {final}; lower train.learning_rate")
         final = {"loss": final["loss"], "val_loss": final["val_loss"]}  # the rest is in history.csv
         save_model(vae, MODEL)
-        tracking.record_model_hash(MODEL)
+        runs.record_model_hash(MODEL)
         for path in (HISTORY, METRICS):
             path.parent.mkdir(parents=True, exist_ok=True)
         write_history(history, HISTORY)
         METRICS.write_text(json.dumps(final, indent=2) + "\n")
         model = log_and_register(vae, params.base.tracking.registered_model)
-        tracking.write_run_file(run, model)
+        runs.write_run_file(run, model)
     shutil.rmtree(BACKUP)
     print(
         f"train: val_loss {final['val_loss']:.3f} nats; model {model['registered_model']} "
         f"version {model['model_version']} (models:/{model['model_id']})\n"
-        f"train: run {tracking.run_link(run)}{tracking.ui_hint()}"
+        f"train: run {store.run_link(run)}{store.ui_hint()}"
     )
 
 

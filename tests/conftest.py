@@ -68,7 +68,7 @@ def store(repo: Path):
     """The MLflow client of a project copy's own store."""
     import mlflow
 
-    from pipeline.tracking import default_store_uri
+    from pipeline.store import default_store_uri
 
     return mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
 

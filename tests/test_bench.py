@@ -39,3 +39,6 @@ def test_startup_reports_every_stage(official_dir):
     for stage in ("prepare", "train", "evaluate", "plot", "tune"):
         assert f"  {stage} " in printed
     assert "MLflow store connection" in printed and "model build" in printed
+    assert "pipeline.compare" in printed and "tune --print-best wall" in printed
+    compare = next(line for line in printed.splitlines() if "pipeline.compare" in line)
+    assert "tensorflow" not in compare and "keras" not in compare

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.tracking import default_store_uri
+from pipeline.store import default_store_uri
 from tests.conftest import FIGURES, SMALL, free_port, make_repo, run, serving, store
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,8 @@ from packaging.requirements import Requirement
 from ruamel.yaml import YAML
 
 import optuna
-from pipeline import data, tracking
+from pipeline import data, runs
+from pipeline import store as tracking_store
 from pipeline.model import load_vae
 from pipeline.params import Model, Train
 from pipeline.train import fit_vae, save_model
@@ -80,7 +81,7 @@ def test_same_seed_gives_identical_losses_and_metrics(reference, tmp_path):
     for name in ("plots/history.csv", "metrics/evaluate.json"):
         assert (again / name).read_text() == (reference / name).read_text()
     (first,), (second,) = all_runs(reference), all_runs(again)
-    assert first.data.tags["model.sha256"] == tracking.file_sha256(reference / "models/vae.keras")
+    assert first.data.tags["model.sha256"] == runs.file_sha256(reference / "models/vae.keras")
     assert first.data.metrics["test_loss"] == second.data.metrics["test_loss"]
 
 
@@ -140,15 +141,15 @@ def test_sigterm_ends_the_run_killed_and_leaves_dvc_lock(tmp_path, official_dir)
 def test_run_of_a_dead_process_is_marked_at_next_start(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    tracking.configure(EXPERIMENT, root=tmp_path)
+    tracking_store.configure(EXPERIMENT, root=tmp_path)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     orphan = client.create_run(
         experiment.experiment_id, tags={"pipeline.host": socket.gethostname(), "pipeline.pid": str(dead.pid)}
     )
-    alive = client.create_run(experiment.experiment_id, tags=tracking.owner_tags())
+    alive = client.create_run(experiment.experiment_id, tags=tracking_store.owner_tags())
 
-    tracking.configure(EXPERIMENT, root=tmp_path)  # what every stage does first
+    tracking_store.configure(EXPERIMENT, root=tmp_path)  # what every stage does first
     assert client.get_run(orphan.info.run_id).info.status == "FAILED"
     assert "ended without closing" in client.get_run(orphan.info.run_id).data.tags["pipeline.died"]
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"

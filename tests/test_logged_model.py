@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 
 from pipeline import data
 from pipeline.model import load_vae
-from pipeline.tracking import default_store_uri
+from pipeline.store import default_store_uri
 from tests.conftest import ROOT, SMALL, free_port, make_repo, run, serving, store
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 from pipeline import data
 from pipeline.model import load_vae
 from pipeline.params import Model, Train, parse_params
-from pipeline.tracking import repo_root
+from pipeline.store import repo_root
 from pipeline.train import batches, fit_vae, save_model
 
 

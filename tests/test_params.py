@@ -60,3 +60,22 @@ def test_flatten_uses_dotted_keys():
     assert flat["train.epochs"] == 3
     assert flat["base.tracking.experiment"] == "fashion-mnist-vae"
     assert flat["model.encoder_filters"] == [32, 64]
+
+
+def test_a_password_in_params_yaml_is_refused_without_showing_it(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("tune:\n  storage: postgresql+psycopg2://optuna:hunter2@db:5432/optuna\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: tune.storage: the URL holds a password") as caught:
+        load_params(path)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_redact_hides_only_the_password():
+    from pipeline.redact import redact, redact_text
+
+    assert (
+        redact("postgresql+psycopg2://optuna:p:w@db:5432/x") == "postgresql+psycopg2://optuna:***@db:5432/x"
+    )
+    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert redact("optuna/journal.log") == "optuna/journal.log"
+    assert redact_text("to http://bob:pw@h:1/api failed") == "to http://bob:***@h:1/api failed"

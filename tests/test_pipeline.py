@@ -13,7 +13,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from pipeline import data
-from pipeline.tracking import default_store_uri
+from pipeline.store import default_store_uri
 from tests.conftest import FIGURES, SMALL, free_port, make_repo, run, serving, store
 
 pytestmark = pytest.mark.slow
@@ -111,6 +111,13 @@ def test_mlflow_run_holds_all_four_stages(repo):
     assert signature.params.to_dict() == [
         {"name": "mode", "default": "reconstruct", "shape": None, "type": "string"}
     ]
+
+
+def test_stage_console_shows_the_pipeline_not_tensorflow(repo):
+    result = run(["python", "-m", "pipeline.plot"], repo, env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert result.stdout.strip() == "plot: 5 figures in plots/figures"
+    noise = ("absl::InitializeLog", "oneDNN", "cudart_stub", "cuInit", "RuntimeWarning", "overflow")
+    assert [line for line in result.stderr.splitlines() if any(n in line for n in noise)] == []
 
 
 def test_second_repro_runs_nothing(repo):

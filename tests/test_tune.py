@@ -20,7 +20,7 @@ from optuna.storages import JournalStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
 import optuna
-from pipeline.tracking import default_store_uri
+from pipeline.store import default_store_uri
 from tests.conftest import free_port, journal_study, make_repo, overrides, run, run_env, serving
 
 pytestmark = pytest.mark.slow

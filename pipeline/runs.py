@@ -1,0 +1,210 @@
+"""The life of an MLflow run: start or resume, log params and files, end with an honest status."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+
+from pipeline.params import Params, flatten
+from pipeline.redact import redact_text, redact_values
+from pipeline.store import TrackingError, configure, owner_tags, server_gone, store_uri
+
+RUN_FILE = Path("outputs/mlflow_run.json")
+
+
+@contextlib.contextmanager
+def honest_status() -> Iterator[None]:
+    """End the active run KILLED on an interrupt, FAILED on an error, FINISHED otherwise.
+
+    If the error is the tracking server going away, the run cannot be ended there: it stays
+    RUNNING, to be resumed (or marked FAILED by the next stage on this host), and the error
+    becomes one line that names the server.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except (MlflowException, OSError) as exc:  # OSError: requests' errors, from artifact uploads
+        if not server_gone():
+            mlflow.end_run("FAILED")
+            raise
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # not minutes of retries on the way out
+        with contextlib.suppress(MlflowException):
+            mlflow.end_run("FAILED")  # leaves the run, whether or not the server took it
+        raise TrackingError(
+            f"the tracking server {store_uri()} stopped answering "
+            f"({redact_text(str(exc).splitlines()[0])[:200]}); "
+            "run the stage again once it is back: training resumes from its checkpoint"
+        ) from None
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """The commit checked out and whether the work tree differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def run_name(params: Params, exp_name: str | None = None) -> str:
+    """What tells runs apart in the UI's list: the DVC experiment, latent dim and learning rate."""
+    settings = f"latent {params.model.latent_dim}, lr {params.train.learning_rate:.2g}"
+    return f"{settings} · {exp_name}" if exp_name else settings
+
+
+def run_description(params: Params, how: str, git: dict[str, str]) -> str:
+    """The run's description (MLflow's `mlflow.note.content`), in Markdown."""
+    commit = git.get("git.commit", "")[:10]
+    where = f" at commit `{commit}`" + (
+        ", with uncommitted changes" if git.get("git.dirty") == "true" else ""
+    )
+    model, train, data = params.model, params.train, params.data
+    images = f"{data.train_size:,}" if data.train_size else f"all but {data.val_size:,} of the 60,000"
+    return (
+        f"{how}{where if commit else ''}.\n\n"
+        f"Latent dim {model.latent_dim}; {train.optimizer} at learning rate {train.learning_rate:g}, "
+        f"batch {train.batch_size}, {train.epochs} epochs on {images} training images; "
+        f"seed {params.base.seed}."
+    )
+
+
+@contextlib.contextmanager
+def training_run(params: Params, resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A run for one trained model, new or (given its id) continued after an interruption.
+
+    Ends FINISHED on success, FAILED on an error and KILLED on an interrupt.
+    """
+    experiment_id = configure(params.base.tracking.experiment)
+    if resume_run_id is not None:
+        run = mlflow.start_run(run_id=resume_run_id)
+        mlflow.set_tags({**owner_tags(), "pipeline.resumed": "true"})
+    else:
+        git = git_state(Path.cwd())
+        exp_name = os.environ.get("DVC_EXP_NAME")
+        how = f"`dvc exp run`, experiment `{exp_name}`" if exp_name else "`python -m pipeline.train`"
+        tags = {
+            **git,
+            **owner_tags(),
+            "pipeline.stage": "train",
+            "mlflow.note.content": run_description(params, how, git),
+        }
+        if exp_name:
+            tags["dvc.exp_name"] = exp_name
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(params, exp_name), tags=tags)
+    with honest_status():
+        if resume_run_id is None:
+            mlflow.log_params(loggable(params))
+        else:  # settings outside training (e.g. plot.*) may have changed meanwhile
+            log_stage_params(loggable(params))
+        yield run
+
+
+def loggable(params: Params) -> dict[str, Any]:
+    """Flattened params fit to log: a password in any URL (say `tune.storage`) replaced by `***`."""
+    return redact_values(flatten(params))
+
+
+def log_dataset(x_train: np.ndarray, *, digest: str, source: str) -> None:
+    """The training images as the run's input, named by the prepared data's digest."""
+    dataset = mlflow.data.from_numpy(x_train, source=source, name="fashion-mnist", digest=digest[:16])
+    mlflow.log_input(dataset, context="training")
+
+
+def write_run_file(run: mlflow.ActiveRun, model: dict[str, str], path: Path = RUN_FILE) -> None:
+    """Record the run and its logged model as a DVC output, so later stages and people find them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, **model}
+    path.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_run_file(path: Path = RUN_FILE) -> dict[str, str]:
+    """What `write_run_file` recorded."""
+    return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def resumed_run(params: Params, stage: str, path: Path = RUN_FILE) -> Iterator[mlflow.ActiveRun]:
+    """Re-open the training run named in `path` for a later stage.
+
+    Ends FINISHED on success, FAILED on an error and KILLED on an interrupt.
+    """
+    run_id = read_run_file(path)["run_id"]
+    configure(params.base.tracking.experiment)
+    run = mlflow.start_run(run_id=run_id)
+    with honest_status():
+        mlflow.set_tags({**owner_tags(), f"pipeline.{stage}": "done"})
+        yield run
+
+
+def log_stage_params(params: dict[str, Any]) -> None:
+    """Log a later stage's settings; one changed since the run began is kept as a tag.
+
+    MLflow params are immutable, and re-plotting the same model with new settings must not fail.
+    """
+    params = redact_values(params)
+    recorded = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    fresh = {k: v for k, v in params.items() if k not in recorded}
+    changed = {f"changed.{k}": str(v) for k, v in params.items() if k in recorded and recorded[k] != str(v)}
+    if fresh:
+        mlflow.log_params(fresh)
+    if changed:
+        mlflow.set_tags(changed)
+
+
+def logged_steps(run_id: str, key: str = "loss/train") -> frozenset[int]:
+    """The epochs a run already holds for a metric."""
+    return frozenset(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key))
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def record_model_hash(path: Path) -> None:
+    """Tag the active run with the saved model's SHA-256."""
+    mlflow.set_tag("model.sha256", file_sha256(path))
+
+
+def check_model_hash(path: Path) -> None:
+    """Refuse a model file that is not the one the active run trained."""
+    recorded = mlflow.get_run(mlflow.active_run().info.run_id).data.tags.get("model.sha256")
+    actual = file_sha256(path)
+    if recorded != actual:
+        raise TrackingError(
+            f"{path}: SHA-256 {actual} differs from {recorded} recorded by the training run; "
+            "re-run `dvc repro` to train it again"
+        )
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    """Scalar metrics into the active run."""
+    mlflow.log_metrics(metrics)
+
+
+def log_figure(figure, name: str) -> None:
+    """A matplotlib figure as a run artifact under `figures/`."""
+    mlflow.log_figure(figure, f"figures/{name}")

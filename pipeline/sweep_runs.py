@@ -1,0 +1,97 @@
+"""A sweep in MLflow: the study's parent run and one child run per Optuna trial."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from pipeline.params import Params
+from pipeline.redact import redact
+from pipeline.runs import git_state, loggable, run_description, run_name
+from pipeline.store import configure, owner_tags
+
+# Optuna trial states as MLflow run statuses: a pruned trial was stopped on purpose.
+TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def study_run(params: Params, *, study_name: str, storage: str, run_id: str | None) -> str:
+    """Create (or re-open, given `run_id`) the study's parent run; return its id, left RUNNING."""
+    experiment_id = configure(params.base.tracking.experiment)
+    client = mlflow.MlflowClient()
+    if run_id is None:
+        tags = {
+            **git_state(Path.cwd()),
+            **owner_tags(),
+            "pipeline.stage": "tune",
+            "optuna.study_name": study_name,
+        }
+        tags["mlflow.note.content"] = (
+            f"Optuna study `{study_name}` ({redact(storage)}): each child run is one trial. "
+            f"Compare its best trials with `python -m pipeline.compare --study {study_name}`."
+        )
+        run = client.create_run(experiment_id, run_name=f"study {study_name}", tags=tags)
+        run_id = run.info.run_id
+        values = [
+            mlflow.entities.Param(k, str(v))
+            for k, v in {"optuna.storage": redact(storage), **loggable(params)}.items()
+        ]
+        for start in range(0, len(values), 100):  # the most log_batch takes at once
+            client.log_batch(run_id, params=values[start : start + 100])
+    else:
+        client.update_run(run_id, status="RUNNING")
+        for key, value in owner_tags().items():
+            client.set_tag(run_id, key, value)
+    return run_id
+
+
+def end_study_run(run_id: str, *, summary: dict[str, Any], figures: dict[str, Any], status: str) -> None:
+    """Record the study's outcome, and Optuna's figures, on its parent run."""
+    client = mlflow.MlflowClient()
+    numbers = {
+        k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in numbers.items()])
+    for name, figure in figures.items():
+        client.log_figure(run_id, figure, f"figures/{name}")
+    client.set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def trial_run(params: Params, *, parent_run_id: str, trial_number: int) -> Iterator[dict[str, Any]]:
+    """A child run for one Optuna trial with the full effective params.
+
+    The block sets `outcome["value"]`; the run's status and `optuna.state` tag follow
+    how the block ends: normally (COMPLETE), by `optuna.TrialPruned` (PRUNED), or otherwise (FAIL).
+    """
+    from optuna import TrialPruned  # here, so the stages that never prune do not import Optuna
+
+    experiment_id = configure(params.base.tracking.experiment)
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "optuna.trial_number": str(trial_number),
+        "pipeline.stage": "trial",
+        "mlflow.note.content": run_description(params, f"Optuna trial {trial_number}", {}),
+        **owner_tags(),
+    }
+    outcome: dict[str, Any] = {}
+    state = "FAIL"
+    name = f"trial {trial_number}: {run_name(params)}"
+    mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags)
+    try:
+        mlflow.log_params(loggable(params))
+        yield outcome
+        state = "COMPLETE"
+    except TrialPruned:
+        state = "PRUNED"
+        raise
+    finally:
+        mlflow.set_tag("optuna.state", state)
+        if "value" in outcome:
+            mlflow.log_metric("objective_val_loss", outcome["value"])
+        mlflow.end_run(status=TRIAL_STATUS[state])
