@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,10 @@ def loggable(params: Params) -> dict[str, Any]:
 
 def log_dataset(x_train: np.ndarray, *, digest: str, source: str) -> None:
     """The training images as the run's input, named by the prepared data's digest."""
-    dataset = mlflow.data.from_numpy(x_train, source=source, name="fashion-mnist", digest=digest[:16])
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and warns that a path fits both.
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_numpy(x_train, source=source, name="fashion-mnist", digest=digest[:16])
     mlflow.log_input(dataset, context="training")
 
 
