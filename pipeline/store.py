@@ -38,6 +38,11 @@ def default_store_uri(root: Path) -> str:
     return f"sqlite:///{root / STORE_DIR / 'mlflow.db'}"
 
 
+def is_server(uri: str) -> bool:
+    """Whether a tracking URI names a tracking server, rather than a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
 def store_uri() -> str:
     """The tracking URI in use, fit to print."""
     return redact(mlflow.get_tracking_uri())
@@ -46,7 +51,7 @@ def store_uri() -> str:
 def ui_link(route: str) -> str:
     """A link into the MLflow UI of the store in use: the tracking server, or a local `mlflow ui`."""
     uri = mlflow.get_tracking_uri()
-    base = redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    base = redact(uri).rstrip("/") if is_server(uri) else LOCAL_UI
     return f"{base}/#/{route}?{UI_VIEW}"
 
 
@@ -59,7 +64,7 @@ def run_link(run: mlflow.entities.Run | mlflow.ActiveRun | str) -> str:
 def ui_hint() -> str:
     """How to open the links printed for a local store; nothing for a tracking server."""
     uri = mlflow.get_tracking_uri()
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         return ""
     return f" (after `mlflow ui --backend-store-uri {uri}`)"
 
@@ -70,7 +75,7 @@ class TrackingError(PipelineError):
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
     """Fail in seconds, not after MLflow's retries, when a tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
+    if not is_server(uri):
         return
     try:
         with urllib.request.urlopen(f"{without_credentials(uri).rstrip('/')}/health", timeout=timeout):

@@ -134,6 +134,21 @@ def make_repo(target: Path, overrides: dict[str, dict]) -> Path:
     return target
 
 
+def set_param(repo: Path, section: str, key: str, value) -> None:
+    """Edit one key of a project copy's `params.yaml`, as a user would (comments kept)."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    params = yaml.load(repo / "params.yaml")
+    params[section][key] = value
+    yaml.dump(params, repo / "params.yaml")
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages `dvc repro` ran, from what it printed."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
 def overrides(**settings) -> list[str]:
     """`-S key=value` arguments; `train__epochs=2` stands for `train.epochs=2`."""
     return [arg for key, value in settings.items() for arg in ("-S", f"{key.replace('__', '.')}={value}")]
@@ -141,10 +156,9 @@ def overrides(**settings) -> list[str]:
 
 def journal_study(repo: Path, study_name: str):
     """A study in the project copy's default journal file."""
+    import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-
-    import optuna
 
     storage = JournalStorage(JournalFileBackend(str(repo / "optuna/journal.log")))
     return optuna.load_study(study_name=study_name, storage=storage)

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from keras import ops
-from ruamel.yaml import YAML
 
 from pipeline import data
 from pipeline.model import load_vae
 from pipeline.store import default_store_uri
-from tests.conftest import ROOT, SMALL, free_port, make_repo, run, serving, store
+from tests.conftest import ROOT, SMALL, free_port, make_repo, run, serving, set_param, store
 
 pytestmark = pytest.mark.slow
 
@@ -123,16 +122,6 @@ def test_mlflow_models_serve_answers_good_and_bad_requests(repo, tmp_path):
             assert expected in answer["message"] and "Traceback" not in json.dumps(answer)
 
 
-def set_params(repo: Path, **values) -> None:
-    """Edit `params.yaml` as a user would; `train__learning_rate=...` for `train.learning_rate`."""
-    yaml = YAML()
-    params = yaml.load(repo / "params.yaml")
-    for key, value in values.items():
-        section, name = key.split("__")
-        params[section][name] = value
-    yaml.dump(params, repo / "params.yaml")
-
-
 def champion(repo: Path):
     return store(repo).get_model_version_by_alias(NAME, "champion")
 
@@ -147,13 +136,15 @@ def test_champion_alias_moves_only_to_a_better_model(repo, tmp_path):
     )
     assert str(champion(repo).version) == "1"
 
-    set_params(repo, train__learning_rate=1e-6, train__epochs=1)  # a much worse model
+    set_param(repo, "train", "learning_rate", 1e-6)  # a much worse model
+    set_param(repo, "train", "epochs", 1)
     output = run(["dvc", "repro", "evaluate"], repo).stdout
     assert trained(repo)["model_version"] == "2" and str(champion(repo).version) == "1"
     assert "the champion stays ahead of fashion-mnist-vae version 2" in output
     assert float(client.get_model_version(NAME, "2").tags["test_loss"]) > float(first.tags["test_loss"])
 
-    set_params(repo, train__learning_rate=3e-3, train__epochs=4)  # a better one
+    set_param(repo, "train", "learning_rate", 3e-3)  # a better one
+    set_param(repo, "train", "epochs", 4)
     output = run(["dvc", "repro", "evaluate"], repo).stdout
     assert str(champion(repo).version) == "3" and "version 3 is the champion" in output
 

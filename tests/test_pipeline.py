@@ -10,11 +10,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from ruamel.yaml import YAML
 
 from pipeline import data
 from pipeline.store import default_store_uri
-from tests.conftest import FIGURES, SMALL, free_port, make_repo, run, serving, store
+from tests.conftest import FIGURES, SMALL, free_port, make_repo, ran_stages, run, serving, set_param, store
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +29,6 @@ def repo(tmp_path_factory, official_dir) -> Path:
 def run_of(repo: Path):
     run_id = json.loads((repo / "outputs/mlflow_run.json").read_text())["run_id"]
     return store(repo).get_run(run_id)
-
-
-def set_param(repo: Path, section: str, key: str, value) -> None:
-    yaml = YAML()
-    params = yaml.load(repo / "params.yaml")
-    params[section][key] = value
-    yaml.dump(params, repo / "params.yaml")
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def test_outputs_and_dvc_metrics(repo):

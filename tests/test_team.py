@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
 
-import optuna
-from tests.conftest import ROOT, SMALL, free_port, make_repo, overrides, run, run_env
+from tests.conftest import ROOT, SMALL, free_port, make_repo, overrides, ran_stages, run, run_env
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +56,6 @@ def as_team(team: dict[str, str], **extra: str) -> dict[str, str]:
 
 def server(team: dict[str, str]) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking_uri=team["MLFLOW_TRACKING_URI"])
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 @pytest.fixture(scope="module")
@@ -145,19 +141,18 @@ def test_two_machines_share_one_study(clones, team, tmp_path):
     assert all(any(run_id in shown for run_id in ids) for ids in by_clone.values())
 
 
+def as_postgres(team: dict[str, str], tool: str, *args: str) -> bytes:
+    """A PostgreSQL client tool as the cluster's superuser, over the script's private socket."""
+    owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    binary = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"))[-1]
+    sockets = Path(team["TEAM_DIR"]) / "postgres/run"
+    command = [*owner, str(binary), "-h", str(sockets), "-p", team["TEAM_PG_PORT"], "-U", "postgres", *args]
+    return subprocess.run(command, check=True, capture_output=True).stdout
+
+
 def everything_written(team: dict[str, str], *folders: Path) -> bytes:
     """Every byte the pipeline and the services hold: both databases, artifacts, outputs, logs."""
-    owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    pg_dump = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_dump"))[-1]
-    sockets = Path(team["TEAM_DIR"]) / "postgres/run"
-    dumps = [
-        subprocess.run(
-            [*owner, str(pg_dump), "-h", str(sockets), "-p", team["TEAM_PG_PORT"], "-U", "postgres", db],
-            check=True,
-            capture_output=True,
-        ).stdout
-        for db in ("mlflow", "optuna", "leakcheck")
-    ]
+    dumps = [as_postgres(team, "pg_dump", db) for db in ("mlflow", "optuna", "leakcheck")]
     files = [
         path.read_bytes()
         for folder in (Path(team["TEAM_DIR"]), *folders)
@@ -168,18 +163,8 @@ def everything_written(team: dict[str, str], *folders: Path) -> bytes:
 
 
 def test_no_password_reaches_any_store_file_or_console(team, tmp_path, official_dir):
-    owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    psql = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
-    admin = [
-        *owner,
-        str(psql),
-        "-h",
-        str(Path(team["TEAM_DIR"]) / "postgres/run"),
-        "-p",
-        team["TEAM_PG_PORT"],
-    ]
     for sql in (f"CREATE ROLE leaker LOGIN PASSWORD '{SENTINEL}'", "CREATE DATABASE leakcheck OWNER leaker"):
-        subprocess.run([*admin, "-U", "postgres", "-c", sql], check=True, capture_output=True)
+        as_postgres(team, "psql", "-c", sql)
     storage = f"postgresql+psycopg2://leaker:{SENTINEL}@127.0.0.1:{team['TEAM_PG_PORT']}/leakcheck"
     tracking = team["MLFLOW_TRACKING_URI"].replace("http://", f"http://someone:{SENTINEL}@")
 
