@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 from ruamel.yaml import YAML, YAMLError
 
 from pipeline.redact import has_password
@@ -140,12 +140,26 @@ class Dimension(_Section):
         return isinstance(self.low, int) and isinstance(self.high, int)
 
 
+def _auto_or(low: int, high: int) -> PlainValidator:
+    """Accept the string "auto" or an integer from low to high, with one plain message."""
+
+    def check(value: Any) -> int | str:
+        if value == "auto" or (type(value) is int and low <= value <= high):
+            return value
+        raise ValueError(f"must be auto or an integer from {low} to {high}")
+
+    return PlainValidator(check)
+
+
 class Tune(_Section):
     study_name: str = Field("vae-search", min_length=1)
     storage: str | None = None  # None: a journal file under optuna/ at the repository root
     n_trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0)
-    workers: int = Field(1, ge=1, le=64)
+    # "auto": one worker per core (as many as memory holds), each TensorFlow thread pool sized
+    # so that workers x threads fit the cores; `threads: 0` leaves TensorFlow's own default.
+    workers: Annotated[int | str, _auto_or(1, 64)] = "auto"
+    threads: Annotated[int | str, _auto_or(0, 256)] = "auto"
     sampler: Literal["tpe", "random", "qmc"] = "tpe"
     pruner: Literal["hyperband", "median", "none"] = "hyperband"
     pruner_startup_trials: int = Field(5, ge=0)

@@ -74,7 +74,9 @@ def make_sampler(tune: Tune, seed: int) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if tune.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+            # The constant liar: running trials count as bad ones, so parallel workers spread out
+            # rather than all sampling next to the same best trial.
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
         if tune.sampler == "qmc":
             return optuna.samplers.QMCSampler(seed=seed)
         return optuna.samplers.RandomSampler(seed=seed)
@@ -113,7 +115,7 @@ def load_images(data_params: Data, seed: int):
     return splits["train"].images, splits["val"].images
 
 
-def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str) -> float:
+def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, tags: dict[str, str]) -> float:
     """Suggest values -> the `train` stage's `fit_vae` -> final validation negative ELBO."""
     from optuna_integration import KerasPruningCallback
 
@@ -121,7 +123,9 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str) -
 
     params = parse_params(with_overrides(raw, suggest(trial, parse_params(raw).tune.space)))
     train_images, val_images = load_images(params.data, params.base.seed)
-    with sweep_runs.trial_run(params, parent_run_id=parent_run_id, trial_number=trial.number) as outcome:
+    with sweep_runs.trial_run(
+        params, parent_run_id=parent_run_id, trial_number=trial.number, tags=tags
+    ) as outcome:
         _, history = fit_vae(
             train_images,
             val_images,
@@ -138,8 +142,22 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str) -
     return value
 
 
-def work(raw: dict[str, Any], worker: int) -> None:
+def set_threads(threads: int) -> dict[str, str]:
+    """Size TensorFlow's thread pools (0: its default) before it starts; return the sizes as tags."""
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return {
+        "tensorflow.intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads()),
+        "tensorflow.inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads()),
+    }
+
+
+def work(raw: dict[str, Any], worker: int, threads: int) -> None:
     """One worker process: run trials until the study holds `n_trials` finished ones."""
+    tags = set_threads(threads)  # first: TensorFlow fixes its pools when it runs its first op
     from pipeline.train import TrainingError
 
     signal.signal(signal.SIGTERM, interrupt)  # the launcher stops workers with SIGTERM
@@ -154,7 +172,7 @@ def work(raw: dict[str, Any], worker: int) -> None:
     if finished_count(study) >= tune.n_trials:
         return
     study.optimize(
-        functools.partial(objective, raw=raw, parent_run_id=study.user_attrs[PARENT_RUN_ATTR]),
+        functools.partial(objective, raw=raw, parent_run_id=study.user_attrs[PARENT_RUN_ATTR], tags=tags),
         timeout=tune.timeout,
         # Running trials count too, so that workers on every machine stop once the trials
         # started add up to `n_trials`, rather than each starting one more.

@@ -63,8 +63,10 @@ def end_study_run(run_id: str, *, summary: dict[str, Any], figures: dict[str, An
 
 
 @contextlib.contextmanager
-def trial_run(params: Params, *, parent_run_id: str, trial_number: int) -> Iterator[dict[str, Any]]:
-    """A child run for one Optuna trial with the full effective params.
+def trial_run(
+    params: Params, *, parent_run_id: str, trial_number: int, tags: dict[str, str]
+) -> Iterator[dict[str, Any]]:
+    """A child run for one Optuna trial with the full effective params and the worker's `tags`.
 
     The block sets `outcome["value"]`; the run's status and `optuna.state` tag follow
     how the block ends: normally (COMPLETE), by `optuna.TrialPruned` (PRUNED), or otherwise (FAIL).
@@ -73,6 +75,7 @@ def trial_run(params: Params, *, parent_run_id: str, trial_number: int) -> Itera
 
     experiment_id = configure(params.base.tracking.experiment)
     tags = {
+        **tags,
         "mlflow.parentRunId": parent_run_id,
         "optuna.trial_number": str(trial_number),
         "pipeline.stage": "trial",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from ruamel.yaml import YAML
 from pipeline.params import (
     Params,
     ParamsError,
+    Tune,
     parse_override,
     parse_params,
     read_params,
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 
 BEST_PARAMS = Path("sweep/best_params.yaml")
+# Memory kept free for each `auto` worker: one peaks at about 1.3 GiB (bench/sweep_speed.py).
+WORKER_MEMORY = 2 * 2**30
 SUMMARY = Path("sweep/summary.json")
 
 
@@ -48,7 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--storage", help="journal file path, or postgresql://user@host:port/db (password in PGPASSWORD)"
     )
-    parser.add_argument("--workers", type=int, help="worker processes on this machine")
+    parser.add_argument(
+        "--workers",
+        type=workers_arg,
+        help="worker processes on this machine: a number, or auto (one per core)",
+    )
     parser.add_argument(
         "-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key"
     )
@@ -56,6 +64,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--print-best", action="store_true", help="print the best params as `dvc exp run` -S arguments"
     )
     return parser.parse_args(argv)
+
+
+def workers_arg(text: str) -> int | str:
+    """`--workers`: "auto" or a whole number."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
 
 
 def resolve_params(args: argparse.Namespace) -> tuple[dict[str, Any], Params]:
@@ -73,25 +91,59 @@ def resolve_params(args: argparse.Namespace) -> tuple[dict[str, Any], Params]:
     return raw, parse_params(raw)
 
 
-def run_workers(raw: dict[str, Any], study: optuna.Study, n_workers: int, n_trials: int) -> None:
-    """Start the worker processes and show a progress bar over finished trials until they end."""
+def plan(tune: Tune, trials_left: int) -> tuple[int, int]:
+    """How many worker processes, and how many TensorFlow threads each (0: TensorFlow's default).
+
+    `auto` workers: one per core this process may use, as many as the available memory
+    holds, and no more than the trials left. One single-threaded worker per core beats
+    one worker with every core: this model is too small for TensorFlow to keep several
+    threads busy (bench/sweep_speed.py). `auto` threads share the cores out evenly.
+    """
+    import psutil
+
+    cores = len(os.sched_getaffinity(0))
+    workers = tune.workers
+    if workers == "auto":
+        fits = psutil.virtual_memory().available // WORKER_MEMORY
+        workers = max(1, min(cores, fits, trials_left))
+    threads = tune.threads
+    if threads == "auto":
+        threads = max(1, cores // workers)
+    return workers, threads
+
+
+def run_workers(raw: dict[str, Any], study: optuna.Study, *, workers: int, threads: int) -> None:
+    """Start the worker processes and show a progress bar over finished trials until they end.
+
+    The bar's text holds the best value so far and the trials by how they ended.
+    """
     from tqdm import tqdm
 
-    from pipeline.search import finished_count, work
+    from pipeline.search import MONITOR, summarise, work
 
+    def progress() -> tuple[int, str]:
+        summary = summarise(study)
+        best = f"{summary['best_value']:.2f}" if "best_value" in summary else "-"
+        counts = {state: summary[f"trials_{state}"] for state in ("complete", "pruned", "failed")}
+        text = f"best {MONITOR} {best}; " + ", ".join(f"{n} {state}" for state, n in counts.items())
+        return sum(counts.values()), text
+
+    n_trials = parse_params(raw).tune.n_trials
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     processes = [
-        context.Process(target=work, args=(raw, i), name=f"tune-worker-{i}") for i in range(n_workers)
+        context.Process(target=work, args=(raw, i, threads), name=f"tune-worker-{i}") for i in range(workers)
     ]
     for process in processes:
         process.start()
     try:
-        with tqdm(total=n_trials, initial=min(finished_count(study), n_trials), unit="trial") as bar:
+        done, text = progress()
+        with tqdm(total=n_trials, initial=min(done, n_trials), unit="trial", postfix=text) as bar:
             while any(p.is_alive() for p in processes):
                 time.sleep(1.0)
-                done = min(finished_count(study), n_trials)
-                if done != bar.n:  # redraw only on progress, so logs get a line per trial
-                    bar.update(done - bar.n)
+                done, text = progress()
+                if min(done, n_trials) != bar.n:  # redraw only on progress: a log gets a line per trial
+                    bar.set_postfix_str(text, refresh=False)
+                    bar.update(min(done, n_trials) - bar.n)
     finally:
         for process in processes:
             if process.is_alive():
@@ -133,11 +185,16 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline import search, store, sweep_runs
 
     study, parent_run_id = search.join_study(params)
+    workers, threads = plan(tune, tune.n_trials - search.finished_count(study))
+    print(
+        f"tune: {workers} worker{'s' * (workers > 1)} on this machine, "
+        f"{threads or 'default'} TensorFlow thread{'s' * (threads != 1)} each"
+    )
 
     started = time.monotonic()
     status = "FAILED"
     try:
-        run_workers(raw, study, tune.workers, tune.n_trials)
+        run_workers(raw, study, workers=workers, threads=threads)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -42,3 +42,22 @@ def test_startup_reports_every_stage(official_dir):
     assert "pipeline.compare" in printed and "tune --print-best wall" in printed
     compare = next(line for line in printed.splitlines() if "pipeline.compare" in line)
     assert "tensorflow" not in compare and "keras" not in compare
+
+
+def test_sweep_speed_times_every_setting_on_the_same_study(official_dir, tmp_path):
+    figures = tmp_path / "sweep.json"
+    result = run(
+        [sys.executable, "bench/sweep_speed.py", "--trials", "2", "--epochs", "1", "--train-size", "500",
+         "--rounds", "1", "--json", str(figures)],
+        ROOT,
+    )  # fmt: skip
+    report = json.loads(figures.read_text())
+    cores = report["cores"]
+    names = ["1 x default", f"1 x {cores} threads", f"{cores} x 1 thread"]
+    assert list(report["settings"]) == names
+    for name in names:
+        setting = report["settings"][name]
+        assert setting["trial_epochs_per_min"] > 0 and setting["wall_s"] > setting["span_s"] > 0
+        assert setting["peak_rss"] > 200 * 2**20  # a launcher and at least one TensorFlow worker
+        assert name in result.stdout
+    assert "trial-epochs/min" in result.stdout

@@ -39,6 +39,8 @@ def test_exponent_without_dot_is_a_float(tmp_path):
         ({"trian": {}}, "trian"),
         ({"model": {"decoder_filters": [16, 8, 4]}}, "model.decoder_filters"),
         ({"plot": {"quantile_low": 0.9, "quantile_high": 0.1}}, "plot.quantile_low"),
+        ({"tune": {"workers": 0}}, "tune.workers: must be auto or an integer from 1 to 64 (got 0)"),
+        ({"tune": {"threads": "all"}}, "tune.threads: must be auto or an integer from 0 to 256 (got 'all')"),
     ],
 )
 def test_bad_value_is_refused_naming_the_key(raw, key):

@@ -24,8 +24,9 @@ from pipeline.store import default_store_uri
 from tests.conftest import free_port, journal_study, make_repo, overrides, run, run_env, serving
 
 pytestmark = pytest.mark.slow
-# A search small enough for seconds per trial: 1,000 images, 2 epochs.
-QUICK = overrides(train__epochs=2, data__train_size=1000, data__val_size=500)
+# A search small enough for seconds per trial: 1,000 images, 2 epochs; one worker, so that
+# trials run in order, unless a test asks for more.
+QUICK = overrides(train__epochs=2, data__train_size=1000, data__val_size=500, tune__workers=1)
 STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -155,9 +156,21 @@ def assert_each_trial_once(repo: Path, study: optuna.Study, n_trials: int, n_wor
     assert sorted(numbers, key=int) == [str(t.number) for t in study.trials]
 
 
-def test_two_workers_share_a_journal_study(repo):
-    tune(repo, "--n-trials", "4", "--workers", "2", "--study-name", "pair", "-S", "tune.pruner=none")
-    assert_each_trial_once(repo, journal_study(repo, "pair"), n_trials=4, n_workers=2)
+def test_auto_workers_share_the_cores_and_a_journal_study(repo):
+    result = tune(
+        repo, "--n-trials", "4", "--workers", "auto", "--study-name", "pair", "-S", "tune.pruner=none"
+    )
+    cores = len(os.sched_getaffinity(0))
+    workers, threads = min(cores, 4), max(1, cores // min(cores, 4))
+    assert f"tune: {workers} worker" in result.stdout
+    study = journal_study(repo, "pair")
+    assert_each_trial_once(repo, study, n_trials=4, n_workers=workers)
+    for tracked in child_runs(repo, study):  # as TensorFlow itself reports its pools
+        assert tracked.data.tags["tensorflow.intra_op_threads"] == str(threads)
+        assert tracked.data.tags["tensorflow.inter_op_threads"] == str(threads)
+    # The progress bar's last state: the best value so far and every way a trial ended.
+    best = min(t.value for t in study.trials if t.value is not None)
+    assert re.search(rf"4/4 .*best val_loss {best:.2f}; \d complete, 0 pruned, 0 failed", result.stderr)
 
 
 @pytest.fixture
