@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 
 BEST_PARAMS = Path("sweep/best_params.yaml")
-# Memory kept free for each `auto` worker: one peaks at about 1.3 GiB (bench/sweep_speed.py).
+# Available memory each `auto` worker needs: one adds about 0.9 GiB at its peak (bench/sweep_speed.py).
 WORKER_MEMORY = 2 * 2**30
 SUMMARY = Path("sweep/summary.json")
 
