@@ -112,7 +112,9 @@ def plan(tune: Tune, trials_left: int) -> tuple[int, int]:
     return workers, threads
 
 
-def run_workers(raw: dict[str, Any], study: optuna.Study, *, workers: int, threads: int) -> None:
+def run_workers(
+    raw: dict[str, Any], study: optuna.Study, *, n_trials: int, workers: int, threads: int
+) -> None:
     """Start the worker processes and show a progress bar over finished trials until they end.
 
     The bar's text holds the best value so far and the trials by how they ended.
@@ -128,7 +130,6 @@ def run_workers(raw: dict[str, Any], study: optuna.Study, *, workers: int, threa
         text = f"best {MONITOR} {best}; " + ", ".join(f"{n} {state}" for state, n in counts.items())
         return sum(counts.values()), text
 
-    n_trials = parse_params(raw).tune.n_trials
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     processes = [
         context.Process(target=work, args=(raw, i, threads), name=f"tune-worker-{i}") for i in range(workers)
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     status = "FAILED"
     try:
-        run_workers(raw, study, workers=workers, threads=threads)
+        run_workers(raw, study, n_trials=tune.n_trials, workers=workers, threads=threads)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
