@@ -1,7 +1,15 @@
 # Sourced by repro.sh and test.sh: everything a fresh Debian/Ubuntu machine needs.
-# Safe to run again: each step is skipped when already done.
+# Safe to run again: each step is skipped when already done. Any install that fails stops it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# The uv that installs uv.lock; upgrading it is a change to this line.
+UV_VERSION=0.13.9
+
+setup_error() {
+  echo "setup: error: $*" >&2
+  exit 1
+}
 
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   missing=()
@@ -14,20 +22,24 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   done
   if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: apt-get install ${missing[*]}"
-    apt-get update -qq || true
+    apt-get update -qq || setup_error "apt-get update failed; Debian's package index is needed for ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
-      || echo "setup: apt-get failed; the prepare stage will download the official files instead"
+      || setup_error "apt-get install ${missing[*]} failed; install them by hand and run this again"
   fi
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-  echo "setup: installing the package and its dependencies into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
-  rm -f .venv/.installed-*
-  touch "$stamp"
+# uv lives in a venv of its own: `uv sync` keeps .venv to exactly what uv.lock holds.
+if [ "$(.uv/bin/uv --version 2>/dev/null | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+  echo "setup: installing uv $UV_VERSION into .uv"
+  rm -rf .uv
+  python3 -m venv .uv || setup_error "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  .uv/bin/python -m pip install -q --disable-pip-version-check "uv==$UV_VERSION" \
+    || setup_error "pip install uv==$UV_VERSION failed; is PyPI reachable?"
 fi
+# Exactly the locked versions, the dev extra's included; --locked refuses a uv.lock that no
+# longer matches pyproject.toml (run `.uv/bin/uv lock` to update it).
+export UV_PYTHON_DOWNLOADS=never
+.uv/bin/uv sync --locked --extra dev --python python3 --quiet \
+  || setup_error "uv sync --locked failed (see above)"
 export PATH="$PWD/.venv/bin:$PATH"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
