@@ -17,7 +17,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jinja2
@@ -44,6 +44,7 @@ HIGHER_IS_BETTER = ("knn_accuracy", "active_units")
 NO_BEST = ("test_kl", "kl/train", "kl/val", "kl", "val_kl")  # the last two: runs before grouping
 STUDY_TRIALS = 4
 PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
+ENV = "env."  # the tags that say what a run ran on (pipeline.environment)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class RunView:
     curves: dict[str, list[float]] = field(default_factory=dict)  # e.g. "loss/val" -> per epoch
     figures: dict[str, bytes] = field(default_factory=dict)
     versions: list[dict[str, str]] = field(default_factory=list)  # registered: name, version, aliases
+    environment: dict[str, str] = field(default_factory=dict)  # the `env.*` tags, prefix dropped
 
 
 def collect(run) -> RunView:
@@ -89,6 +91,7 @@ def collect(run) -> RunView:
             }
             for version in registry.versions_of_run(run_id)
         ],
+        environment={k.removeprefix(ENV): v for k, v in tags.items() if k.startswith(ENV)},
     )
 
 
@@ -131,10 +134,12 @@ def overlaid_curves(runs: list[RunView]) -> Figure:
     return fig
 
 
-def param_rows(runs: list[RunView]) -> tuple[list[dict], list[dict]]:
-    """Params as rows `{key, values}`: those that differ between runs, then those that do not."""
-    keys = sorted({key for run in runs for key in run.params})
-    rows = [{"key": key, "values": [run.params.get(key, "—") for run in runs]} for key in keys]
+def param_rows(runs: list[RunView], attribute: str = "params") -> tuple[list[dict], list[dict]]:
+    """Params (or another of the runs' tables, say `environment`) as rows `{key, values}`:
+    those that differ between runs, then those that do not."""
+    tables = [getattr(run, attribute) for run in runs]
+    keys = sorted({key for table in tables for key in table})
+    rows = [{"key": key, "values": [table.get(key, "—") for table in tables]} for key in keys]
     differ = [row for row in rows if len(set(row["values"])) > 1]
     same = [row for row in rows if len(set(row["values"])) == 1]
     return differ, same
@@ -163,6 +168,7 @@ def metric_rows(runs: list[RunView]) -> tuple[list[dict], list[dict]]:
 def render(runs: list[RunView], *, title: str) -> str:
     """The whole report as one HTML page."""
     differ, same = param_rows(runs)
+    env_differ, env_same = param_rows(runs, "environment")
     metrics, per_class = metric_rows(runs)
     figures = [
         {"title": caption, "cells": [run.figures.get(name) for run in runs]}
@@ -178,10 +184,12 @@ def render(runs: list[RunView], *, title: str) -> str:
     environment.filters["inline_code"] = inline_code
     return environment.get_template("compare.html").render(
         title=title,
-        created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         runs=runs,
         differ=differ,
         same=same,
+        env_differ=env_differ,
+        env_same=env_same,
         metrics=metrics,
         per_class=per_class,
         curves=data_uri(figure_png(overlaid_curves(runs))),

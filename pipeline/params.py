@@ -33,6 +33,7 @@ class _Section(BaseModel):
 class Tracking(_Section):
     experiment: str = Field("fashion-mnist-vae", min_length=1)
     registered_model: str = Field("fashion-mnist-vae", min_length=1)
+    system_metrics_interval: float = Field(2.0, gt=0)
 
 
 class Base(_Section):

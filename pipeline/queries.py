@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from pipeline.runs import git_state
+from pipeline.environment import git_state
 from pipeline.store import TrackingError
 
 # The comparison report: which runs, what they hold, and the small run that carries the report.

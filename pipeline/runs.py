@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
+import logging
 import os
-import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from pipeline.environment import LOCK, environment_tags, file_sha256, git_state
 from pipeline.params import Params, flatten
 from pipeline.redact import redact_text, redact_values
 from pipeline.store import TrackingError, configure, owner_tags, server_gone, store_uri
@@ -54,22 +54,6 @@ def honest_status() -> Iterator[None]:
     mlflow.end_run("FINISHED")
 
 
-def git_state(root: Path) -> dict[str, str]:
-    """The commit checked out and whether the work tree differs from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.CalledProcessError):
-        return {}
-    return {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(dirty).lower()}
-
-
 def run_name(params: Params, exp_name: str | None = None) -> str:
     """What tells runs apart in the UI's list: the DVC experiment, latent dim and learning rate."""
     settings = f"latent {params.model.latent_dim}, lr {params.train.learning_rate:.2g}"
@@ -99,8 +83,9 @@ def training_run(params: Params, resume_run_id: str | None = None) -> Iterator[m
     Ends FINISHED on success, FAILED on an error and KILLED on an interrupt.
     """
     experiment_id = configure(params.base.tracking.experiment)
+    watch_system(params.base.tracking.system_metrics_interval)
     if resume_run_id is not None:
-        run = mlflow.start_run(run_id=resume_run_id)
+        run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=True)
         mlflow.set_tags({**owner_tags(), "pipeline.resumed": "true"})
     else:
         git = git_state(Path.cwd())
@@ -108,19 +93,42 @@ def training_run(params: Params, resume_run_id: str | None = None) -> Iterator[m
         how = f"`dvc exp run`, experiment `{exp_name}`" if exp_name else "`python -m pipeline.train`"
         tags = {
             **git,
+            **environment_tags(),
             **owner_tags(),
             "pipeline.stage": "train",
             "mlflow.note.content": run_description(params, how, git),
         }
         if exp_name:
             tags["dvc.exp_name"] = exp_name
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(params, exp_name), tags=tags)
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name(params, exp_name),
+            tags=tags,
+            log_system_metrics=True,
+        )
     with honest_status():
         if resume_run_id is None:
             mlflow.log_params(loggable(params))
+            log_lock()
         else:  # settings outside training (e.g. plot.*) may have changed meanwhile
             log_stage_params(loggable(params))
         yield run
+
+
+def watch_system(interval: float) -> None:
+    """Sample MLflow's system metrics (CPU, memory, disk; GPU where one is) every `interval` seconds.
+
+    Each sample is logged as taken, so a short run still gets a curve.
+    """
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not a line per start and stop
+    mlflow.set_system_metrics_sampling_interval(interval)
+    mlflow.set_system_metrics_samples_before_logging(1)
+
+
+def log_lock(lock: Path = LOCK) -> None:
+    """The lock file the run's packages were installed from, as the artifact `environment/uv.lock`."""
+    if lock.is_file():
+        mlflow.log_artifact(str(lock), "environment")
 
 
 def loggable(params: Params) -> dict[str, Any]:
@@ -181,11 +189,6 @@ def log_stage_params(params: dict[str, Any]) -> None:
 def logged_steps(run_id: str, key: str = "loss/train") -> frozenset[int]:
     """The epochs a run already holds for a metric."""
     return frozenset(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key))
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def record_model_hash(path: Path) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 
 import mlflow
 
+from pipeline.environment import environment_tags, git_state
 from pipeline.params import Params
 from pipeline.redact import redact
-from pipeline.runs import git_state, loggable, run_description, run_name
+from pipeline.runs import log_lock, loggable, run_description, run_name, watch_system
 from pipeline.store import configure, owner_tags
 
 # Optuna trial states as MLflow run statuses: a pruned trial was stopped on purpose.
@@ -26,6 +27,7 @@ def study_run(params: Params, *, study_name: str, storage: str, run_id: str | No
     if run_id is None:
         tags = {
             **git_state(Path.cwd()),
+            **environment_tags(),
             **owner_tags(),
             "pipeline.stage": "tune",
             "optuna.study_name": study_name,
@@ -76,6 +78,7 @@ def trial_run(
     experiment_id = configure(params.base.tracking.experiment)
     tags = {
         **tags,
+        **environment_tags(),
         "mlflow.parentRunId": parent_run_id,
         "optuna.trial_number": str(trial_number),
         "pipeline.stage": "trial",
@@ -85,9 +88,17 @@ def trial_run(
     outcome: dict[str, Any] = {}
     state = "FAIL"
     name = f"trial {trial_number}: {run_name(params)}"
-    mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags)
+    watch_system(params.base.tracking.system_metrics_interval)
+    mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        parent_run_id=parent_run_id,
+        tags=tags,
+        log_system_metrics=True,
+    )
     try:
         mlflow.log_params(loggable(params))
+        log_lock()
         yield outcome
         state = "COMPLETE"
     except TrialPruned:

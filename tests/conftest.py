@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import data
+from tests.components import CHROMIUM, require
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a fresh clone holds that the pipeline needs; everything else is produced by it.
@@ -23,6 +24,7 @@ PROJECT_FILES = (
     "params.yaml",
     "dvc.yaml",
     "sweep/dvc.yaml",
+    "uv.lock",
     ".dvc/config",
     ".dvcignore",
     ".gitignore",
@@ -32,8 +34,7 @@ PROJECT_FILES = (
 @pytest.fixture(scope="session")
 def official_dir() -> Path:
     """Debian's Fashion-MNIST, which the README's set-up installs."""
-    if not all((data.DEBIAN_DIR / f"{name}.gz").is_file() for name in data.SHA256):
-        pytest.skip(f"Fashion-MNIST is not installed in {data.DEBIAN_DIR} (scripts/setup.sh installs it)")
+    require("fashion-mnist")
     return data.DEBIAN_DIR
 
 
@@ -164,7 +165,6 @@ def journal_study(repo: Path, study_name: str):
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's, which scripts/test.sh installs
 # Headless on a machine with no network beyond loopback: no background connections, no GPU.
 CHROMIUM_ARGS = [
     "--headless",
@@ -180,8 +180,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="session")
 def browser():
     """Headless Chromium, driven by Playwright, as a person's browser."""
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs Debian's chromium)")
+    require("chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

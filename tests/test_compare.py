@@ -8,14 +8,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
 import pytest
 
+from pipeline import environment
 from pipeline.store import default_store_uri
-from tests.conftest import FIGURES, SMALL, free_port, make_repo, run, serving, store
+from tests.conftest import FIGURES, SMALL, free_port, make_repo, run, serving, set_param, store
 
 pytestmark = pytest.mark.slow
 
@@ -226,3 +229,69 @@ def test_dvc_views_show_curves_figures_and_key_columns(repo, tmp_path):
     columns = next(csv.reader(io.StringIO(table)))
     assert {"model.latent_dim", "test_loss", "test_iw_nll", "knn_accuracy", "val_loss"} <= set(columns)
     assert not {"plot.dpi", "train.epochs", "models/vae.keras"} & set(columns)
+
+
+def test_every_training_run_records_its_environment_and_system_metrics(repo):
+    client = store(repo)
+    lock_sha256 = environment.file_sha256(repo / "uv.lock")
+    for tracked in trained_runs(repo).values():
+        tags = tracked.data.tags
+        for package in ("python", "tensorflow", "keras", "mlflow", "dvc", "optuna", "numpy"):
+            assert re.fullmatch(r"\d+\.\d+(\.\d+)?\S*", tags[f"env.{package}"]), (package, tags)
+        assert tags["env.keras"] == version("keras")
+        assert tags["env.lock_sha256"] == lock_sha256
+        assert tags["env.cpu"] == environment.cpu_info()["model"]
+        assert tags["env.cores"] == str(os.cpu_count())
+        assert float(tags["env.memory_gib"]) > 0
+        assert tags["env.os"] and tags["env.gpu"]
+        logged = client.list_artifacts(tracked.info.run_id, "environment")
+        assert [a.path for a in logged] == ["environment/uv.lock"]
+        # MLflow's own monitor, sampled through training (2 s apart by default, a sample each).
+        keys = set(tracked.data.metrics)
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys
+        assert any(key.startswith("system/disk_usage") for key in keys)
+        samples = client.get_metric_history(tracked.info.run_id, "system/cpu_utilization_percentage")
+        assert len(samples) >= 2
+    # Both runs began with the stages' outputs deleted or rewritten, the second with them
+    # committed (as in a clone): neither is an uncommitted change to what the run ran.
+    assert {r.data.tags["git.dirty"] for r in trained_runs(repo).values()} == {"false"}
+
+
+def test_a_run_on_a_fresh_clone_is_clean_and_an_edit_makes_it_dirty(repo, tmp_path):
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    assert (clone / "dvc.lock").is_file() and (clone / "metrics/train.json").is_file()
+    env = {"MLFLOW_TRACKING_URI": default_store_uri(clone)}
+    run(["dvc", "repro"], clone, env=env)  # no cache here: every stage runs, rewriting its outputs
+    assert run(["git", "status", "--porcelain"], clone).stdout.strip()  # outputs differ, as they will
+    experiment_id = store(clone).get_experiment_by_name("fashion-mnist-vae").experiment_id
+    (first,) = store(clone).search_runs([experiment_id], "tags.`pipeline.stage` = 'train'")
+    assert first.data.tags["git.dirty"] == "false"
+    assert "uncommitted" not in first.data.tags["mlflow.note.content"]
+
+    set_param(clone, "train", "epochs", 1)
+    run(["dvc", "repro"], clone, env=env)
+    latest = store(clone).search_runs(
+        [experiment_id], "tags.`pipeline.stage` = 'train'", order_by=["attributes.start_time DESC"]
+    )[0]
+    assert latest.info.run_id != first.info.run_id
+    assert latest.data.tags["git.dirty"] == "true"
+    assert "with uncommitted changes" in latest.data.tags["mlflow.note.content"]
+
+
+def test_system_metrics_tab_shows_charts(repo, mlflow_ui, browser, artifacts):
+    tracked = trained_runs(repo)["2"]
+    errors: list[str] = []
+    page = open_page(browser, errors, viewport={"width": 1400, "height": 1200})
+    try:
+        route = f"experiments/{tracked.info.experiment_id}/runs/{tracked.info.run_id}/system-metrics"
+        page.goto(f"{mlflow_ui}/#/{route}?workflowType=machine_learning")
+        page.get_by_text("system/cpu_utilization_percentage").first.wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        charts = page.locator(".js-plotly-plot").count()
+        assert charts >= 3, charts  # CPU, memory and disk at least
+        assert page.get_by_text("System metrics (0)").count() == 0
+        page.screenshot(path=artifacts / "mlflow_system_metrics.png")
+    finally:
+        page.close()
+    assert errors == []

@@ -17,11 +17,11 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import optuna
 import pytest
 from packaging.requirements import Requirement
 from ruamel.yaml import YAML
 
-import optuna
 from pipeline import data, runs
 from pipeline import store as tracking_store
 from pipeline.model import load_vae

@@ -55,3 +55,23 @@ def test_report_of_trials_alone_says_how_to_see_figures():
     html = render(trials, title="t")
     assert "None of these runs has figures" in html
     assert html.count("<img") == 1  # the curves only: no row of empty figure cells
+
+
+def test_environment_rows_that_differ_are_highlighted_like_params():
+    amd, xeon = view("amd", 2, 263.31), view("xeon", 2, 263.83)
+    amd.environment = {"cpu": "AMD EPYC", "cpu_isa": "avx2 avx512f", "keras": "3.15.1"}
+    xeon.environment = {"cpu": "Intel Xeon", "cpu_isa": "avx2", "keras": "3.15.1"}
+    html = render([amd, xeon], title="t")
+    environment = html[html.index('<table id="environment">') :]
+    environment = environment[: environment.index("</details>")]
+    assert '<tr class="differs"><td><code>cpu</code></td>' in environment
+    assert '<tr class="differs"><td><code>cpu_isa</code></td>' in environment
+    assert "<td>Intel Xeon</td>" in environment
+    assert "1 environment rows are the same in every run" in environment  # keras, folded away
+    assert 'differs"><td><code>keras' not in environment
+
+
+def test_runs_without_an_environment_say_so():
+    html = render([view("a", 2, 263.0), view("b", 16, 242.0)], title="t")
+    assert '<table id="environment">' not in html
+    assert "None of these runs recorded its environment" in html

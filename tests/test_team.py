@@ -18,6 +18,7 @@ import mlflow
 import optuna
 import pytest
 
+from tests.components import require
 from tests.conftest import ROOT, SMALL, free_port, make_repo, overrides, ran_stages, run, run_env
 
 pytestmark = pytest.mark.slow
@@ -29,8 +30,7 @@ SENTINEL = "Sentinel-pw-5f1c9e"  # a password that must never be written or show
 @pytest.fixture(scope="module")
 def team() -> dict[str, str]:
     """`scripts/team_server.sh start` on free loopback ports; yields its settings and exports."""
-    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
-        pytest.skip("PostgreSQL is not installed (scripts/test.sh installs Debian's postgresql)")
+    require("postgresql")
     folder = Path(tempfile.mkdtemp(prefix="team-", dir="/tmp"))  # a place user postgres can reach
     settings = {
         "TEAM_DIR": str(folder),

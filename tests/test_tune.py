@@ -14,13 +14,14 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
 from optuna.distributions import IntDistribution
 from optuna.storages import JournalStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
-import optuna
 from pipeline.store import default_store_uri
+from tests.components import require
 from tests.conftest import free_port, journal_study, make_repo, overrides, run, run_env, serving
 
 pytestmark = pytest.mark.slow
@@ -176,9 +177,8 @@ def test_auto_workers_share_the_cores_and_a_journal_study(repo):
 @pytest.fixture
 def postgres() -> str:
     """A real PostgreSQL server on loopback in a scratch directory; yields its URL."""
+    require("postgresql")
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        pytest.skip("PostgreSQL is not installed (scripts/test.sh installs Debian's postgresql)")
     bin_dir = Path(found[-1]).parent
     home = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
     as_owner: list[str] = []

@@ -1,0 +1,139 @@
+"""What a run ran on: the code's commit, the locked packages, and the machine, as run tags."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+LOCK = Path("uv.lock")
+# The packages whose versions can change a run's numbers, or how it was recorded.
+PACKAGES = ("tensorflow", "keras", "mlflow", "dvc", "optuna", "numpy")
+# Instruction sets that decide which kernels TensorFlow's oneDNN runs, and so the last digits.
+ISA = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+# Files DVC writes itself; with the stages' outputs, not a change to what a run ran.
+DVC_RECORDS = ("dvc.lock",)
+
+
+def cpu_info() -> dict[str, str]:
+    """The CPU's model name and which instruction sets of `ISA` it has (Linux's /proc/cpuinfo)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"model": model, "isa": " ".join(f for f in ISA if f in flags) or "unknown"}
+
+
+def gpu_names() -> list[str]:
+    """NVIDIA GPUs through NVML (nvidia-ml-py, the `gpu` extra, as MLflow's GPU monitor uses); [] if none."""
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:  # no driver: no GPU to name
+        return []
+    try:
+        names = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            names.append(name.decode() if isinstance(name, bytes) else name)
+        return names
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def environment_tags(lock: Path = LOCK) -> dict[str, str]:
+    """`env.*` tags: Python and package versions, the lock file's SHA-256, and the machine."""
+    import psutil
+
+    tags = {"env.python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            tags[f"env.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            tags[f"env.{package}"] = "not installed"
+    cpu = cpu_info()
+    gpus = gpu_names()
+    tags.update(
+        {
+            "env.lock_sha256": file_sha256(lock) if lock.is_file() else f"no {lock}",
+            "env.cpu": cpu["model"],
+            "env.cpu_isa": cpu["isa"],
+            "env.cores": str(os.cpu_count()),
+            "env.cores_usable": str(len(os.sched_getaffinity(0))),
+            "env.memory_gib": f"{psutil.virtual_memory().total / 2**30:.1f}",
+            "env.os": platform.platform(),
+            "env.gpu": ", ".join(gpus) if gpus else "none",
+        }
+    )
+    return tags
+
+
+def dvc_outputs(root: Path) -> set[str]:
+    """Paths (relative to `root`) of every output that `root/dvc.yaml` and `root/*/dvc.yaml` declare."""
+    from ruamel.yaml import YAML
+
+    paths = set()
+    for dvc_yaml in [root / "dvc.yaml", *root.glob("*/dvc.yaml")]:
+        if not dvc_yaml.is_file():
+            continue
+        stages = (YAML(typ="safe", pure=True).load(dvc_yaml) or {}).get("stages", {})
+        folder = dvc_yaml.parent.relative_to(root)
+        for stage in stages.values():
+            for section in ("outs", "metrics", "plots"):
+                for entry in stage.get(section, []):
+                    name = entry if isinstance(entry, str) else next(iter(entry))
+                    paths.add((folder / name).as_posix())
+    return paths
+
+
+def is_output(path: str, outputs: set[str]) -> bool:
+    """Whether a repository path is a DVC record or lies in a stage's output."""
+    if Path(path).name in DVC_RECORDS:
+        return True
+    return any(path == out or path.startswith(f"{out}/") for out in outputs)
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """The commit checked out, and whether its inputs differ from it.
+
+    `git.dirty` counts changes to code, params and other tracked inputs, not to the files the
+    pipeline rewrites itself (`dvc.lock`, metrics, plots): `dvc repro` on a fresh clone deletes
+    and writes those before the run is tagged.
+    """
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain", "-z", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    changed, entries = [], iter(status.split("\0"))
+    for entry in entries:  # -z: "XY path", a rename's or copy's source path an entry of its own
+        if entry:
+            changed.append(entry[3:])
+            if entry[0] in "RC":
+                next(entries, None)
+    outputs = dvc_outputs(root)
+    dirty = any(not is_output(path, outputs) for path in changed)
+    return {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(dirty).lower()}
