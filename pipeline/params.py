@@ -167,6 +167,7 @@ class Tune(_Section):
     pruner_warmup_epochs: int = Field(1, ge=0)
     heartbeat_interval: int = Field(60, ge=1)
     grace_period: int = Field(180, ge=2)
+    stop_timeout: float = Field(30, gt=0)  # seconds stopped workers get to close their trials
     overrides: dict[str, Any] = {}  # applied to every trial: the search's budget
     space: dict[str, Dimension] = Field(default_factory=dict)
 

@@ -5,7 +5,9 @@ Each trial calls the `train` stage's own `fit_vae` and is one MLflow child run o
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
 import signal
 import sys
@@ -155,12 +157,35 @@ def set_threads(threads: int) -> dict[str, str]:
     }
 
 
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a trial that Ctrl-C or SIGTERM stopped with its traceback: some 150 frames
+    of TensorFlow, twice per worker, that say nothing. Its one-line message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info = None
+        return True
+
+
 def work(raw: dict[str, Any], worker: int, threads: int) -> None:
-    """One worker process: run trials until the study holds `n_trials` finished ones."""
+    """One worker process: run trials until the study holds `n_trials` finished ones.
+
+    Stopped (SIGTERM, from the launcher or a `kill` of the process group), it ends its trial
+    FAILED and exits with status 130 and one line: no traceback to fill a pipe or a console.
+    """
+    signal.signal(signal.SIGTERM, interrupt)  # the launcher stops workers with SIGTERM
+    try:
+        _work(raw, worker, threads)
+    except KeyboardInterrupt:
+        print(f"tune: worker {worker} stopped", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _work(raw: dict[str, Any], worker: int, threads: int) -> None:
     tags = set_threads(threads)  # first: TensorFlow fixes its pools when it runs its first op
     from pipeline.train import TrainingError
 
-    signal.signal(signal.SIGTERM, interrupt)  # the launcher stops workers with SIGTERM
+    logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptTraceback())
     params = parse_params(raw)
     tune = params.tune
     study = optuna.load_study(
@@ -214,7 +239,9 @@ def join_study(params: Params) -> tuple[optuna.Study, str]:
 
 
 def study_figures(study: optuna.Study, space: dict[str, Dimension]) -> dict[str, Any]:
-    """Optuna's own figures, as far as the finished trials allow each one."""
+    """Optuna's own figures, as far as the complete trials allow each one; none without one."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return {}
     from optuna.visualization import matplotlib as vis
 
     plots = {
@@ -240,6 +267,13 @@ def study_figures(study: optuna.Study, space: dict[str, Dimension]) -> dict[str,
             figure.tight_layout()
             figures[name] = figure
     return figures
+
+
+def fail_trials(study: optuna.Study, numbers: list[int]) -> None:
+    """Mark FAIL the trials of workers that were killed before they could end them."""
+    for number in numbers:
+        with contextlib.suppress(ValueError, RuntimeError):  # it ended after all
+            study.tell(number, state=TrialState.FAIL)
 
 
 def summarise(study: optuna.Study) -> dict[str, Any]:

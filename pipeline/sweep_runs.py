@@ -14,7 +14,7 @@ from pipeline.environment import environment_tags, git_state
 from pipeline.params import Params
 from pipeline.redact import redact
 from pipeline.runs import log_lock, loggable, run_description, run_name, watch_system
-from pipeline.store import configure, owner_tags
+from pipeline.store import configure, mark_dead_runs, owner_tags
 
 # Optuna trial states as MLflow run statuses: a pruned trial was stopped on purpose.
 TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -109,3 +109,15 @@ def trial_run(
         if "value" in outcome:
             mlflow.log_metric("objective_val_loss", outcome["value"])
         mlflow.end_run(status=TRIAL_STATUS[state])
+
+
+def close_dead_trial_runs(parent_run_id: str) -> list[int]:
+    """Mark FAILED the runs that killed workers of this host left RUNNING; return their trial numbers."""
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    numbers = []
+    for run_id in mark_dead_runs(experiment_id):
+        tags = client.get_run(run_id).data.tags
+        if tags.get("mlflow.parentRunId") == parent_run_id and "optuna.trial_number" in tags:
+            numbers.append(int(tags["optuna.trial_number"]))
+    return numbers

@@ -14,6 +14,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,15 +114,25 @@ def plan(tune: Tune, trials_left: int) -> tuple[int, int]:
 
 
 def run_workers(
-    raw: dict[str, Any], study: optuna.Study, *, n_trials: int, workers: int, threads: int
+    raw: dict[str, Any],
+    study: optuna.Study,
+    *,
+    n_trials: int,
+    workers: int,
+    threads: int,
+    stop_timeout: float,
+    parent_run_id: str,
 ) -> None:
     """Start the worker processes and show a progress bar over finished trials until they end.
 
-    The bar's text holds the best value so far and the trials by how they ended.
+    The bar's text holds the best value so far and the trials by how they ended. Stopped,
+    the workers get `stop_timeout` seconds to end their trials; any still running then is
+    killed, and its trial and run are marked failed here.
     """
     from tqdm import tqdm
 
-    from pipeline.search import MONITOR, summarise, work
+    from pipeline import sweep_runs
+    from pipeline.search import MONITOR, fail_trials, summarise, work
 
     def progress() -> tuple[int, str]:
         summary = summarise(study)
@@ -149,7 +160,19 @@ def run_workers(
         for process in processes:
             if process.is_alive():
                 process.terminate()
+        deadline = time.monotonic() + stop_timeout
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        stuck = [process for process in processes if process.is_alive()]
+        for process in stuck:
+            process.kill()
             process.join()
+        if stuck:
+            fail_trials(study, sweep_runs.close_dead_trial_runs(parent_run_id))
+            print(
+                f"tune: killed {len(stuck)} worker(s) still running after {stop_timeout:g} s",
+                file=sys.stderr,
+            )
     failed = [p.name for p in processes if p.exitcode != 0]
     if failed:
         raise RuntimeError(f"worker processes ended with an error: {', '.join(failed)}")
@@ -195,16 +218,24 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     status = "FAILED"
     try:
-        run_workers(raw, study, n_trials=tune.n_trials, workers=workers, threads=threads)
+        run_workers(
+            raw,
+            study,
+            n_trials=tune.n_trials,
+            workers=workers,
+            threads=threads,
+            stop_timeout=tune.stop_timeout,
+            parent_run_id=parent_run_id,
+        )
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         summary = {**search.summarise(study), "seconds": round(time.monotonic() - started, 1)}
-        sweep_runs.end_study_run(
-            parent_run_id, summary=summary, figures=search.study_figures(study, tune.space), status=status
-        )
+        # Stopped, it ends at once: the figures wait for the run that finishes the study.
+        figures = search.study_figures(study, tune.space) if status == "FINISHED" else {}
+        sweep_runs.end_study_run(parent_run_id, summary=summary, figures=figures, status=status)
     print(
         f"tune: study {tune.study_name!r} in {redact(search.storage_url(tune))}\n"
         f"  trials: {summary['trials_complete']} complete, {summary['trials_pruned']} pruned, "

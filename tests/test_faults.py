@@ -376,6 +376,7 @@ def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir):
             os.killpg(process.pid, signal.SIGTERM)
         time.sleep(0.02)
     assert process.wait(timeout=120) == 130
+    output = process.stdout.read().decode()
     statuses = {r.data.tags.get("optuna.trial_number", "parent"): r.info.status for r in all_runs(repo)}
     trials = {number: status for number, status in statuses.items() if number != "parent"}
     assert statuses["parent"] == "KILLED"
@@ -383,3 +384,34 @@ def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir):
     study_trials = journal_study(repo, "term").trials
     assert set(trials) <= {str(t.number) for t in study_trials}  # a run for each trial it began
     assert {t.state.name for t in study_trials} == {"FAIL"}
+    # One line a worker, not two TensorFlow tracebacks each (which filled the pipe and hung it),
+    # and no figures of trials that never completed.
+    assert "Traceback" not in output and "Warning" not in output, output
+    assert output.count("tune: worker ") == 2 and output.count(" stopped") == 2, output
+    (parent,) = [r for r in all_runs(repo) if "optuna.trial_number" not in r.data.tags]
+    assert store(repo).list_artifacts(parent.info.run_id, "figures") == []
+
+
+@pytest.mark.slow
+def test_a_stuck_worker_is_killed_after_the_stop_timeout_and_its_trial_failed(tmp_path, official_dir):
+    import psutil
+
+    repo = make_repo(tmp_path / "sweep-stuck", {})
+    quick = overrides(train__epochs=5000, data__train_size=500, data__val_size=200, tune__pruner="none")
+    quick += overrides(tune__stop_timeout=5)
+    process = start(
+        ["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "stuck"], repo
+    )
+    wait_for(lambda: any("optuna.trial_number" in r.data.tags for r in all_runs(repo)), "a trial", process)
+    children = psutil.Process(process.pid).children()
+    (worker,) = [p for p in children if "resource_tracker" not in " ".join(p.cmdline())]
+    worker.suspend()  # SIGSTOP: it can neither end its trial nor exit until killed
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 130
+    output = process.stdout.read().decode()
+    assert "tune: killed 1 worker(s) still running after 5 s" in output
+    assert not worker.is_running()
+    (trial,) = [r for r in all_runs(repo) if "optuna.trial_number" in r.data.tags]
+    assert trial.info.status == "FAILED"
+    assert trial.data.tags["pipeline.died"] == f"process {worker.pid} ended without closing the run"
+    assert [t.state.name for t in journal_study(repo, "stuck").trials] == ["FAIL"]
