@@ -39,6 +39,10 @@ fi
 # Exactly the locked versions, the dev extra's included; --locked refuses a uv.lock that no
 # longer matches pyproject.toml (run `.uv/bin/uv lock` to update it).
 export UV_PYTHON_DOWNLOADS=never
+# --seed: pip in .venv too (outside the lock, and kept by sync), so that a logged MLflow model's
+# environment names its version.
+[ -x .venv/bin/python ] || .uv/bin/uv venv --seed --python python3 --quiet .venv \
+  || setup_error "uv venv failed (see above)"
 .uv/bin/uv sync --locked --extra dev --python python3 --quiet \
   || setup_error "uv sync --locked failed (see above)"
 export PATH="$PWD/.venv/bin:$PATH"

@@ -15,6 +15,7 @@ from pipeline import data
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's, which scripts/test.sh installs
 POSTGRESQL = Path("/usr/lib/postgresql")  # Debian's server binaries: <version>/bin/initdb
+UV = Path(__file__).resolve().parents[1] / ".uv/bin/uv"  # the uv that scripts/setup.sh installs
 # Names listed here are treated as missing, so that a test can show the rule on a machine that has them.
 PRETEND_MISSING = "TESTS_PRETEND_MISSING"
 
@@ -42,6 +43,11 @@ def components() -> dict[str, Component]:
             CHROMIUM.is_file(),
             f"Chromium ({CHROMIUM})",
             "apt-get install chromium (scripts/test.sh does, as root)",
+        ),
+        "uv": Component(
+            UV.is_file(),
+            f"uv ({UV})",
+            "bash scripts/setup.sh installs it, at the version that script names",
         ),
     }
 

@@ -1,0 +1,57 @@
+"""The environment is locked: uv.lock matches pyproject.toml, and .venv holds exactly it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import tomllib
+
+from tests.components import UV, require
+from tests.conftest import ROOT, run
+
+# What `scripts/setup.sh` runs; --offline: a check of the files, not of the package index.
+SYNC = ["sync", "--locked", "--extra", "dev", "--python", "python3", "--offline"]
+
+
+def locked_versions() -> dict[str, set[str]]:
+    """Every package in uv.lock and its pinned versions (one per Python or platform the lock forks
+    on, usually one), the project itself left out."""
+    locked: dict[str, set[str]] = {}
+    for package in tomllib.loads((ROOT / "uv.lock").read_text())["package"]:
+        if "editable" not in package.get("source", {}):
+            locked.setdefault(package["name"], set()).add(package["version"])
+    return locked
+
+
+def test_the_lock_matches_pyproject():
+    require("uv")
+    result = run([str(UV), "lock", "--check", "--offline"], ROOT, check=False)
+    assert result.returncode == 0, f"uv.lock is out of date; run .uv/bin/uv lock\n{result.stderr}"
+
+
+def test_setup_refuses_a_lock_that_pyproject_no_longer_matches(tmp_path):
+    require("uv")
+    for name in ("pyproject.toml", "uv.lock"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"tqdm>=4.66"', '"tqdm>=4.67"'))
+    result = run([str(UV), *SYNC, "--dry-run"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert "The lockfile at `uv.lock` needs to be updated, but `--locked` was provided" in result.stderr
+    assert not (tmp_path / ".venv").exists()  # refused before installing anything
+
+
+def test_the_environment_holds_exactly_the_locked_versions():
+    locked = locked_versions()
+    installed = {
+        dist.metadata["Name"].lower().replace("_", "-").replace(".", "-"): dist.version
+        for dist in importlib.metadata.distributions()
+    }
+    for package in ("tensorflow", "keras", "mlflow", "dvc", "optuna", "numpy", "pytest", "playwright"):
+        assert installed[package] in locked[package], package
+    differ = {
+        name: (version, locked[name])
+        for name, version in installed.items()
+        if name in locked and version not in locked[name]
+    }
+    assert differ == {}, f"installed (left) differs from uv.lock (right): {differ}"
