@@ -279,6 +279,22 @@ def test_a_run_on_a_fresh_clone_is_clean_and_an_edit_makes_it_dirty(repo, tmp_pa
     assert "with uncommitted changes" in latest.data.tags["mlflow.note.content"]
 
 
+def test_a_changed_lock_makes_every_stage_stale(repo, tmp_path):
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    with open(clone / "uv.lock", "a") as lock:
+        lock.write("# an upgrade\n")
+    status = json.loads(run(["dvc", "status", "--json"], clone).stdout)
+    for stage in ("prepare", "train", "evaluate", "plot"):
+        changed = {
+            k: v
+            for entry in status[stage]
+            if isinstance(entry, dict)
+            for k, v in entry.get("changed deps", {}).items()
+        }
+        assert changed.get("uv.lock") == "modified", (stage, status[stage])
+
+
 def test_system_metrics_tab_shows_charts(repo, mlflow_ui, browser, artifacts):
     tracked = trained_runs(repo)["2"]
     errors: list[str] = []
