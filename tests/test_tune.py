@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -20,6 +21,7 @@ from optuna.distributions import IntDistribution
 from optuna.storages import JournalStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
+from pipeline import environment
 from pipeline.store import default_store_uri
 from tests.components import require
 from tests.conftest import free_port, journal_study, make_repo, overrides, run, run_env, serving
@@ -78,6 +80,14 @@ def test_search_tracks_every_trial_and_resumes(repo):
         assert tracked.info.run_name.startswith(
             f"trial {trial.number}: latent {trial.params['model.latent_dim']}"
         )
+        # What it ran on, as a training run records it.
+        assert tracked.data.tags["env.lock_sha256"] == environment.file_sha256(repo / "uv.lock")
+        assert tracked.data.tags["env.tensorflow"] == version("tensorflow")
+        assert tracked.data.tags["env.cpu"] and tracked.data.tags["env.gpu"]
+        assert [a.path for a in client.list_artifacts(tracked.info.run_id, "environment")] == [
+            "environment/uv.lock"
+        ]
+        assert "system/cpu_utilization_percentage" in tracked.data.metrics
     assert client.search_model_versions() == []  # trials are compared, not registered
 
     best = (repo / "sweep/best_params.yaml").read_text()
