@@ -43,7 +43,11 @@ export UV_PYTHON_DOWNLOADS=never
 # environment names its version.
 [ -x .venv/bin/python ] || .uv/bin/uv venv --seed --python python3 --quiet .venv \
   || setup_error "uv venv failed (see above)"
-.uv/bin/uv sync --locked --extra dev --python python3 --quiet \
+extras=(--extra dev)
+for extra in ${SETUP_EXTRAS:-}; do  # more extras of pyproject.toml, e.g. SETUP_EXTRAS=gpu
+  extras+=(--extra "$extra")
+done
+.uv/bin/uv sync --locked "${extras[@]}" --python python3 --quiet \
   || setup_error "uv sync --locked failed (see above)"
 export PATH="$PWD/.venv/bin:$PATH"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
