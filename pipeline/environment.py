@@ -14,8 +14,6 @@ LOCK = Path("uv.lock")
 PACKAGES = ("tensorflow", "keras", "mlflow", "dvc", "optuna", "numpy")
 # Instruction sets that decide which kernels TensorFlow's oneDNN runs, and so the last digits.
 ISA = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-# Files DVC writes itself; with the stages' outputs, not a change to what a run ran.
-DVC_RECORDS = ("dvc.lock",)
 
 
 def cpu_info() -> dict[str, str]:
@@ -87,37 +85,44 @@ def environment_tags(lock: Path = LOCK) -> dict[str, str]:
     return tags
 
 
-def dvc_outputs(root: Path) -> set[str]:
-    """Paths (relative to `root`) of every output that `root/dvc.yaml` and `root/*/dvc.yaml` declare."""
+def dvc_paths(root: Path) -> tuple[set[str], set[str]]:
+    """What the stages of `root/dvc.yaml` and `root/*/dvc.yaml` read and write, as paths relative
+    to `root`: (inputs, outputs). Inputs are the dvc.yaml files and every stage's deps and
+    params files; outputs are its outs, metrics and plots."""
     from ruamel.yaml import YAML
 
-    paths = set()
+    root = root.resolve()
+    inputs, outputs = set(), set()
     for dvc_yaml in [root / "dvc.yaml", *root.glob("*/dvc.yaml")]:
         if not dvc_yaml.is_file():
             continue
-        stages = (YAML(typ="safe", pure=True).load(dvc_yaml) or {}).get("stages", {})
-        folder = dvc_yaml.parent.relative_to(root)
-        for stage in stages.values():
+        inputs.add(dvc_yaml.relative_to(root).as_posix())
+        for stage in (YAML(typ="safe", pure=True).load(dvc_yaml) or {}).get("stages", {}).values():
+            wdir = dvc_yaml.parent / stage.get("wdir", ".")
+
+            def relative(name: str, wdir: Path = wdir) -> str:
+                return Path(os.path.relpath(os.path.normpath(wdir / name), root)).as_posix()
+
+            inputs.update(relative(entry) for entry in stage.get("deps", []))
+            for entry in stage.get("params", []):  # a key of params.yaml, or {file: [keys]}
+                inputs.add(relative(next(iter(entry)) if isinstance(entry, dict) else "params.yaml"))
             for section in ("outs", "metrics", "plots"):
                 for entry in stage.get(section, []):
-                    name = entry if isinstance(entry, str) else next(iter(entry))
-                    paths.add((folder / name).as_posix())
-    return paths
+                    outputs.add(relative(entry if isinstance(entry, str) else next(iter(entry))))
+    return inputs, outputs
 
 
-def is_output(path: str, outputs: set[str]) -> bool:
-    """Whether a repository path is a DVC record or lies in a stage's output."""
-    if Path(path).name in DVC_RECORDS:
-        return True
-    return any(path == out or path.startswith(f"{out}/") for out in outputs)
+def _under(path: str, places: set[str]) -> bool:
+    return any(path == place or path.startswith(f"{place}/") for place in places)
 
 
 def git_state(root: Path) -> dict[str, str]:
-    """The commit checked out, and whether its inputs differ from it.
+    """The commit checked out, and whether what the stages read differs from it.
 
-    `git.dirty` counts changes to code, params and other tracked inputs, not to the files the
-    pipeline rewrites itself (`dvc.lock`, metrics, plots): `dvc repro` on a fresh clone deletes
-    and writes those before the run is tagged.
+    `git.dirty` counts changes to the stages' inputs (`dvc_paths`): their modules, params and
+    `uv.lock`. Not to other files (a README, the tests), nor to those the pipeline writes itself
+    (`dvc.lock`, metrics, plots), which `dvc repro` on a fresh clone deletes and rewrites before
+    the run is tagged.
     """
 
     def git(*args: str) -> str:
@@ -134,6 +139,6 @@ def git_state(root: Path) -> dict[str, str]:
             changed.append(entry[3:])
             if entry[0] in "RC":
                 next(entries, None)
-    outputs = dvc_outputs(root)
-    dirty = any(not is_output(path, outputs) for path in changed)
+    inputs, outputs = dvc_paths(root)
+    dirty = any(_under(path, inputs) and not _under(path, outputs) for path in changed)
     return {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(dirty).lower()}
