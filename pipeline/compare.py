@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline import queries, registry, store
+from pipeline.environment import PREFIX
 from pipeline.params import PipelineError, load_params
 from pipeline.stage import run_stage
 
@@ -44,7 +45,6 @@ HIGHER_IS_BETTER = ("knn_accuracy", "active_units")
 NO_BEST = ("test_kl", "kl/train", "kl/val", "kl", "val_kl")  # the last two: runs before grouping
 STUDY_TRIALS = 4
 PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
-ENV = "env."  # the tags that say what a run ran on (pipeline.environment)
 
 
 @dataclass
@@ -91,7 +91,7 @@ def collect(run) -> RunView:
             }
             for version in registry.versions_of_run(run_id)
         ],
-        environment={k.removeprefix(ENV): v for k, v in tags.items() if k.startswith(ENV)},
+        environment={k.removeprefix(PREFIX): v for k, v in tags.items() if k.startswith(PREFIX)},
     )
 
 

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 LOCK = Path("uv.lock")
+PREFIX = "env."  # of the tags `environment_tags` makes
 # The packages whose versions can change a run's numbers, or how it was recorded.
 PACKAGES = ("tensorflow", "keras", "mlflow", "dvc", "optuna", "numpy")
 # Instruction sets that decide which kernels TensorFlow's oneDNN runs, and so the last digits.
@@ -62,27 +63,27 @@ def environment_tags(lock: Path = LOCK) -> dict[str, str]:
     """`env.*` tags: Python and package versions, the lock file's SHA-256, and the machine."""
     import psutil
 
-    tags = {"env.python": platform.python_version()}
+    tags = {"python": platform.python_version()}
     for package in PACKAGES:
         try:
-            tags[f"env.{package}"] = importlib.metadata.version(package)
+            tags[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
-            tags[f"env.{package}"] = "not installed"
+            tags[package] = "not installed"
     cpu = cpu_info()
     gpus = gpu_names()
     tags.update(
         {
-            "env.lock_sha256": file_sha256(lock) if lock.is_file() else f"no {lock}",
-            "env.cpu": cpu["model"],
-            "env.cpu_isa": cpu["isa"],
-            "env.cores": str(os.cpu_count()),
-            "env.cores_usable": str(len(os.sched_getaffinity(0))),
-            "env.memory_gib": f"{psutil.virtual_memory().total / 2**30:.1f}",
-            "env.os": platform.platform(),
-            "env.gpu": ", ".join(gpus) if gpus else "none",
+            "lock_sha256": file_sha256(lock) if lock.is_file() else f"no {lock}",
+            "cpu": cpu["model"],
+            "cpu_isa": cpu["isa"],
+            "cores": str(os.cpu_count()),
+            "cores_usable": str(len(os.sched_getaffinity(0))),
+            "memory_gib": f"{psutil.virtual_memory().total / 2**30:.1f}",
+            "os": platform.platform(),
+            "gpu": ", ".join(gpus) if gpus else "none",
         }
     )
-    return tags
+    return {f"{PREFIX}{key}": value for key, value in tags.items()}
 
 
 def dvc_paths(root: Path) -> tuple[set[str], set[str]]:
