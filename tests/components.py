@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+import pytest
+
 from pipeline import data
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's, which scripts/test.sh installs
@@ -59,8 +61,6 @@ def in_ci() -> bool:
 
 def require(name: str) -> None:
     """Return if component `name` is installed; otherwise fail in CI and skip elsewhere."""
-    import pytest
-
     component = components()[name]
     if component.installed and name not in os.environ.get(PRETEND_MISSING, "").split(","):
         return
