@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         raise
     finally:
         summary = {**search.summarise(study), "seconds": round(time.monotonic() - started, 1)}
-        # Stopped, it ends at once: the figures wait for the run that finishes the study.
+        # Stopped or failed, it ends at once: the figures wait for the run that finishes the study.
         figures = search.study_figures(study, tune.space) if status == "FINISHED" else {}
         sweep_runs.end_study_run(parent_run_id, summary=summary, figures=figures, status=status)
     print(
