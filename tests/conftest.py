@@ -189,6 +189,23 @@ def browser():
         chromium.close()
 
 
+@pytest.fixture
+def pages(browser):
+    """Opens browser pages that record uncaught script errors, which a broken page shows first;
+    every page it opened is closed after the test, so none goes on polling its server."""
+    opened = []
+
+    def open_page(errors: list[str], **options):
+        page = browser.new_page(**options)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        opened.append(page)
+        return page
+
+    yield open_page
+    for page in opened:
+        page.close()
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     """Where browser tests leave screenshots for a person to look at."""

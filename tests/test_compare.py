@@ -52,13 +52,6 @@ def mlflow_ui(repo):
         yield address
 
 
-def open_page(browser, errors: list[str], **options):
-    """A page that records uncaught script errors, which a broken page shows first."""
-    page = browser.new_page(**options)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return page
-
-
 # The compare view's metrics are two virtualised grids, names and values, whose cells align by
 # their `top`: the values of the metric named `key`, in column order (null if not rendered).
 METRIC_CELLS = """key => {
@@ -84,14 +77,14 @@ def row_values(page, key: str) -> list[str]:
     raise AssertionError(f"no row headed {key!r} on the page")
 
 
-def test_mlflow_ui_compares_two_runs(repo, mlflow_ui, browser, artifacts):
+def test_mlflow_ui_compares_two_runs(repo, mlflow_ui, pages, artifacts):
     runs = trained_runs(repo)
     assert set(runs) == {"2", "3"}
     assert runs["2"].info.run_name == "latent 2, lr 0.001"
     assert runs["3"].info.run_name == "latent 3, lr 0.001 · wide"
     experiment_id = runs["2"].info.experiment_id
     errors: list[str] = []
-    page = open_page(browser, errors, viewport={"width": 1400, "height": 2200})
+    page = pages(errors, viewport={"width": 1400, "height": 2200})
 
     page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs")
     for tracked in runs.values():
@@ -124,14 +117,14 @@ def test_mlflow_ui_compares_two_runs(repo, mlflow_ui, browser, artifacts):
     assert errors == []
 
 
-def test_compare_report_opens_offline_with_every_image(repo, browser, artifacts):
+def test_compare_report_opens_offline_with_every_image(repo, pages, artifacts):
     runs = trained_runs(repo)
     report = repo / "reports/compare.html"
     result = run(["python", "-m", "pipeline.compare", runs["2"].info.run_id, "wide"], repo)
     assert "compare: 2 runs in reports/compare.html" in result.stdout
 
     errors: list[str] = []
-    page = open_page(browser, errors, viewport={"width": 1300, "height": 900})
+    page = pages(errors, viewport={"width": 1300, "height": 900})
     # Offline: any request beyond the file itself fails.
     page.route(
         "**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort()
@@ -162,7 +155,7 @@ def test_compare_report_opens_offline_with_every_image(repo, browser, artifacts)
     assert [a.path for a in store(repo).list_artifacts(logged.info.run_id)] == ["compare.html"]
 
 
-def test_printed_link_opens_the_model_training_view(repo, mlflow_ui, browser, artifacts, tmp_path):
+def test_printed_link_opens_the_model_training_view(repo, mlflow_ui, pages, artifacts, tmp_path):
     report = tmp_path / "best.html"
     env = {"MLFLOW_TRACKING_URI": mlflow_ui}  # the UI's own server, as a team's would be
     result = run(["python", "-m", "pipeline.compare", "--best", "1", "--output", str(report)], repo, env=env)
@@ -170,14 +163,14 @@ def test_printed_link_opens_the_model_training_view(repo, mlflow_ui, browser, ar
     assert link.startswith(f"{mlflow_ui}/#/experiments/") and link.endswith("?workflowType=machine_learning")
 
     errors: list[str] = []
-    page = open_page(browser, errors, viewport={"width": 1300, "height": 900})
+    page = pages(errors, viewport={"width": 1300, "height": 900})
     page.goto(link)
     page.get_by_text("compare: latent", exact=False).first.wait_for(timeout=60_000)  # the report run
     page.get_by_text("Model registry", exact=True).wait_for()  # the model-training view's menu
     assert page.get_by_text("Evaluation runs", exact=True).count() == 0  # the GenAI view's
     page.screenshot(path=artifacts / "mlflow_printed_link.png")
 
-    fresh = open_page(browser, errors, viewport={"width": 1300, "height": 900})
+    fresh = pages(errors, viewport={"width": 1300, "height": 900})
     fresh.goto(link.removesuffix("?workflowType=machine_learning"))  # what a bare link opens
     fresh.get_by_text("Evaluation runs", exact=True).wait_for(timeout=60_000)
     assert errors == []
@@ -295,19 +288,16 @@ def test_a_changed_lock_makes_every_stage_stale(repo, tmp_path):
         assert changed.get("uv.lock") == "modified", (stage, status[stage])
 
 
-def test_system_metrics_tab_shows_charts(repo, mlflow_ui, browser, artifacts):
+def test_system_metrics_tab_shows_charts(repo, mlflow_ui, pages, artifacts):
     tracked = trained_runs(repo)["2"]
     errors: list[str] = []
-    page = open_page(browser, errors, viewport={"width": 1400, "height": 1200})
-    try:
-        route = f"experiments/{tracked.info.experiment_id}/runs/{tracked.info.run_id}/system-metrics"
-        page.goto(f"{mlflow_ui}/#/{route}?workflowType=machine_learning")
-        page.get_by_text("system/cpu_utilization_percentage").first.wait_for(timeout=60_000)
-        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
-        charts = page.locator(".js-plotly-plot").count()
-        assert charts >= 3, charts  # CPU, memory and disk at least
-        assert page.get_by_text("System metrics (0)").count() == 0
-        page.screenshot(path=artifacts / "mlflow_system_metrics.png")
-    finally:
-        page.close()
+    page = pages(errors, viewport={"width": 1400, "height": 1200})
+    route = f"experiments/{tracked.info.experiment_id}/runs/{tracked.info.run_id}/system-metrics"
+    page.goto(f"{mlflow_ui}/#/{route}?workflowType=machine_learning")
+    page.get_by_text("system/cpu_utilization_percentage").first.wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    charts = page.locator(".js-plotly-plot").count()
+    assert charts >= 3, charts  # CPU, memory and disk at least
+    assert page.get_by_text("System metrics (0)").count() == 0
+    page.screenshot(path=artifacts / "mlflow_system_metrics.png")
     assert errors == []

@@ -294,7 +294,7 @@ def test_compare_report_of_a_study_best_trials(repo, tmp_path):
     assert "<img" in html and html.count("<img") == 1  # the overlaid curves only
 
 
-def test_optuna_dashboard_reads_the_journal(repo, browser, artifacts):
+def test_optuna_dashboard_reads_the_journal(repo, pages, artifacts):
     enqueue(repo, "dash")
     space = {"model.latent_dim": IntDistribution(2, 64, log=True)}
     for latent_dim, value in ((2, 270.0), (8, 260.0)):  # two finished trials, as a sweep leaves them
@@ -316,8 +316,7 @@ def test_optuna_dashboard_reads_the_journal(repo, browser, artifacts):
             studies = json.load(response)["study_summaries"]
         assert "dash" in {s["study_name"] for s in studies}
         errors: list[str] = []
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
-        page.on("pageerror", lambda error: errors.append(str(error)))
+        page = pages(errors, viewport={"width": 1300, "height": 900})
         page.goto(f"http://127.0.0.1:{port}/dashboard/")
         page.get_by_text(re.compile(r"^\d+\. dash$")).click(timeout=60_000)  # the study list's entry
         page.get_by_text("Best Trial (number=1)").wait_for(timeout=60_000)
