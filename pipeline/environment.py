@@ -9,6 +9,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from pipeline.params import read_yaml
+
 LOCK = Path("uv.lock")
 PREFIX = "env."  # of the tags `environment_tags` makes
 # The packages whose versions can change a run's numbers, or how it was recorded.
@@ -90,15 +92,13 @@ def dvc_paths(root: Path) -> tuple[set[str], set[str]]:
     """What the stages of `root/dvc.yaml` and `root/*/dvc.yaml` read and write, as paths relative
     to `root`: (inputs, outputs). Inputs are the dvc.yaml files and every stage's deps and
     params files; outputs are its outs, metrics and plots."""
-    from ruamel.yaml import YAML
-
     root = root.resolve()
     inputs, outputs = set(), set()
     for dvc_yaml in [root / "dvc.yaml", *root.glob("*/dvc.yaml")]:
         if not dvc_yaml.is_file():
             continue
         inputs.add(dvc_yaml.relative_to(root).as_posix())
-        for stage in (YAML(typ="safe", pure=True).load(dvc_yaml) or {}).get("stages", {}).values():
+        for stage in (read_yaml(dvc_yaml) or {}).get("stages", {}).values():
             wdir = dvc_yaml.parent / stage.get("wdir", ".")
 
             def relative(name: str, wdir: Path = wdir) -> str:

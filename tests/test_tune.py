@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from pipeline import environment
 from pipeline.store import default_store_uri
-from tests.components import require
+from tests.components import POSTGRESQL, require
 from tests.conftest import free_port, journal_study, make_repo, overrides, run, run_env, serving
 
 pytestmark = pytest.mark.slow
@@ -188,7 +187,7 @@ def test_auto_workers_share_the_cores_and_a_journal_study(repo):
 def postgres() -> str:
     """A real PostgreSQL server on loopback in a scratch directory; yields its URL."""
     require("postgresql")
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    found = sorted(POSTGRESQL.glob("*/bin/initdb"))
     bin_dir = Path(found[-1]).parent
     home = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
     as_owner: list[str] = []
