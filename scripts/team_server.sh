@@ -69,6 +69,12 @@ create_databases() {
   done
 }
 
+# Whether the server in $MLFLOW_PID is still running: a killed one can linger as a zombie (where
+# no init reaps orphans), which `kill -0` would call alive.
+mlflow_alive() {
+  [ -f "$MLFLOW_PID" ] && [[ "$(ps -o stat= -p "$(cat "$MLFLOW_PID")" 2>/dev/null)" =~ ^[^Z] ]]
+}
+
 start() {
   local first=false
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then
@@ -82,7 +88,7 @@ start() {
   $first && create_databases
 
   local tracking="http://$TEAM_HOST:$TEAM_MLFLOW_PORT"
-  if ! { [ -f "$MLFLOW_PID" ] && kill -0 "$(cat "$MLFLOW_PID")" 2>/dev/null; }; then
+  if ! mlflow_alive; then
     local allowed=()
     [ -n "${TEAM_ALLOWED_HOSTS:-}" ] && allowed=(--allowed-hosts "$TEAM_ALLOWED_HOSTS")
     PGPASSFILE="$PGPASS" setsid "$PWD/.venv/bin/mlflow" server \
@@ -91,11 +97,18 @@ start() {
       --host "$TEAM_HOST" --port "$TEAM_MLFLOW_PORT" "${allowed[@]}" "$@" \
       > "$TEAM_DIR/mlflow.log" 2>&1 < /dev/null &
     echo $! > "$MLFLOW_PID"
+    local answered=false
     for _ in $(seq 120); do
-      "$PYTHON" -c "import urllib.request as r; r.urlopen('$tracking/health', timeout=2)" 2>/dev/null && break
-      kill -0 "$(cat "$MLFLOW_PID")" 2>/dev/null || { cat "$TEAM_DIR/mlflow.log" >&2; exit 1; }
+      "$PYTHON" -c "import urllib.request as r; r.urlopen('$tracking/health', timeout=2)" 2>/dev/null \
+        && answered=true && break
+      mlflow_alive || break
       sleep 1
     done
+    if ! $answered; then
+      cat "$TEAM_DIR/mlflow.log" >&2
+      echo "team_server: the MLflow server on $tracking did not answer; its log is above" >&2
+      exit 1
+    fi
   fi
 
   cat <<EOF
