@@ -29,11 +29,10 @@ def main() -> None:
     import numpy as np
 
     from pipeline import data
-    from pipeline.evaluate import encode, importance_weighted_nll
-    from pipeline.model import load_vae
+    from pipeline.measures import importance_weighted_nll
+    from pipeline.model import encode, load_vae
     from pipeline.params import load_params
-    from pipeline.prepare import PREPARED
-    from pipeline.train import MODEL
+    from pipeline.paths import MODEL, PREPARED
 
     params = load_params(ROOT / "params.yaml")
     images = data.load_prepared(ROOT / PREPARED)["test"].images[: args.test_size]

@@ -25,7 +25,7 @@ STORE = """
 import tempfile, time
 from pathlib import Path
 import mlflow
-from pipeline import store
+from pipeline.tracking import store
 with tempfile.TemporaryDirectory() as root:
     start = time.perf_counter()
     store.configure("bench", root=Path(root))

@@ -75,7 +75,7 @@ def child(variant: str, workspace: Path) -> None:
 
     from pipeline import data
     from pipeline.params import load_params
-    from pipeline.prepare import PREPARED
+    from pipeline.paths import PREPARED
 
     params = load_params()
     splits = data.load_prepared(PREPARED)
@@ -93,7 +93,7 @@ def child(variant: str, workspace: Path) -> None:
             callbacks=[clock], verbose=0,
         ).history  # fmt: skip
     else:
-        from pipeline.train import fit_vae
+        from pipeline.training import fit_vae
 
         backup = Path("checkpoints/untracked")
         shutil.rmtree(backup, ignore_errors=True)  # an earlier round's history
@@ -120,7 +120,7 @@ def measure(variant: str, workspace: Path, log: Path) -> dict:
     if variant == "stage":
         import mlflow
 
-        from pipeline.store import default_store_uri
+        from pipeline.tracking.store import default_store_uri
 
         wall, peak = run_measured([sys.executable, "-m", "pipeline.train"], workspace, log)
         run_id = json.loads((workspace / "outputs/mlflow_run.json").read_text())["run_id"]

@@ -26,19 +26,14 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pipeline import queries, registry, store
 from pipeline.environment import PREFIX
+from pipeline.figures import FIGURES
 from pipeline.params import PipelineError, load_params
 from pipeline.stage import run_stage
+from pipeline.tracking import queries, registry, store
 
 REPORT = Path("reports/compare.html")
-# The `plot` stage's figures, in the order a person reads them; loss curves are drawn anew, overlaid.
-FIGURES = {
-    "latent_scatter.png": "Latent means of the test set",
-    "latent_grid.png": "Decoded grid at normal quantiles",
-    "reconstructions.png": "Reconstructions",
-    "prior_samples.png": "Samples from the prior",
-}
+REDRAWN = "loss_curves.png"  # each run's own loss curves: the report draws them anew, overlaid
 CURVES = ("loss", "reconstruction", "kl")
 HIGHER_IS_BETTER = ("knn_accuracy", "active_units")
 # KL is a cost traded against reconstruction, so no run's KL is "best".
@@ -171,9 +166,9 @@ def render(runs: list[RunView], *, title: str) -> str:
     env_differ, env_same = param_rows(runs, "environment")
     metrics, per_class = metric_rows(runs)
     figures = [
-        {"title": caption, "cells": [run.figures.get(name) for run in runs]}
-        for name, caption in FIGURES.items()
-        if any(name in run.figures for run in runs)
+        {"title": figure.caption, "cells": [run.figures.get(figure.name) for run in runs]}
+        for figure in FIGURES
+        if figure.name != REDRAWN and any(figure.name in run.figures for run in runs)
     ]
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("pipeline", "templates"),

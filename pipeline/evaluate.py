@@ -3,96 +3,19 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
-from keras import ops
-from sklearn.neighbors import KNeighborsClassifier
 
-from pipeline import data, registry, runs, store
-from pipeline.model import kl_divergence, load_vae, reconstruction_loss
+from pipeline import data
 from pipeline.params import flatten, load_params
-from pipeline.prepare import PREPARED
+from pipeline.paths import MODEL, PREPARED
 from pipeline.stage import run_stage
-from pipeline.train import MODEL, batches
+from pipeline.tracking import registry, runs, store
 
 METRICS = Path("metrics/evaluate.json")
 BY_CLASS = Path("plots/reconstruction_by_class.json")  # a DVC bar chart, not `dvc exp show` columns
-LOG_2PI = math.log(2 * math.pi)
-
-
-def encode(encoder: keras.Model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Latent means and log-variances of uint8 images, `(n, latent_dim)` each."""
-    mu, logvar = encoder.predict(batches(images, batch_size), verbose=0)
-    return mu, logvar
-
-
-def elbo_parts(
-    decoder: keras.Model,
-    x: np.ndarray,
-    mu: np.ndarray,
-    logvar: np.ndarray,
-    *,
-    rng: np.random.Generator,
-    batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image reconstruction loss (one sampled z) and analytic KL, in nats."""
-    z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=np.float32)
-    logits = decoder.predict(z, batch_size=batch_size, verbose=0)
-    return ops.convert_to_numpy(reconstruction_loss(x, logits)), ops.convert_to_numpy(
-        kl_divergence(mu, logvar)
-    )
-
-
-def importance_weighted_nll(
-    decoder: keras.Model,
-    x: np.ndarray,
-    mu: np.ndarray,
-    logvar: np.ndarray,
-    *,
-    k: int,
-    rng: np.random.Generator,
-    batch_size: int,
-) -> np.ndarray:
-    """Per-image -log (1/k) sum_i p(x, z_i) / q(z_i | x): an upper bound on -log p(x) (Burda et al.).
-
-    Vectorised over the k samples: one compiled call decodes about `batch_size` latents,
-    the k samples of `batch_size // k` images (of one image when k is larger).
-    """
-
-    @tf.function(reduce_retracing=True)
-    def bound(x, mu, logvar, eps):  # eps: (k, b, latent)
-        z = mu + ops.exp(0.5 * logvar) * eps
-        logits = decoder(ops.reshape(z, (-1, ops.shape(z)[-1])), training=False)
-        log_px_z = -ops.reshape(reconstruction_loss(ops.tile(x, (k, 1, 1, 1)), logits), (k, -1))
-        log_pz = -0.5 * ops.sum(z**2 + LOG_2PI, axis=-1)
-        log_qz = -0.5 * ops.sum(eps**2 + logvar + LOG_2PI, axis=-1)
-        return -(ops.logsumexp(log_px_z + log_pz - log_qz, axis=0) - math.log(k))
-
-    per_call = max(1, batch_size // k)
-    bounds = []
-    for start in range(0, len(x), per_call):
-        rows = slice(start, start + per_call)
-        eps = rng.standard_normal((k, *mu[rows].shape), dtype=np.float32)
-        bounds.append(ops.convert_to_numpy(bound(x[rows], mu[rows], logvar[rows], eps)))
-    return np.concatenate(bounds)
-
-
-def active_units(mu: np.ndarray, threshold: float) -> int:
-    """Latent dims whose posterior mean varies across images: Var_x(E[z_u | x]) > threshold."""
-    return int(np.sum(np.var(mu, axis=0) > threshold))
-
-
-def knn_accuracy(
-    train_mu: np.ndarray, train_labels: np.ndarray, test_mu: np.ndarray, test_labels: np.ndarray, *, k: int
-) -> float:
-    """Accuracy of a k-NN classifier of class labels from latent means."""
-    classifier = KNeighborsClassifier(n_neighbors=k).fit(train_mu, train_labels)
-    return float(classifier.score(test_mu, test_labels))
 
 
 def class_key(name: str) -> str:
@@ -112,6 +35,10 @@ def rank_in_registry(test_loss: float) -> str:
 
 
 def main() -> None:
+    # TensorFlow's modules, once `run_stage` has started it quietly
+    from pipeline.measures import active_units, elbo_parts, importance_weighted_nll, knn_accuracy
+    from pipeline.model import encode, load_vae
+
     params = load_params()
     config = params.evaluate
     rng = np.random.default_rng(params.base.seed)
@@ -162,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, tensorflow=True)

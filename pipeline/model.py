@@ -1,8 +1,13 @@
-"""The convolutional VAE: loss math, a registered sampling layer, encoder, decoder."""
+"""The convolutional VAE: loss math, a registered sampling layer, encoder, decoder; its input batches,
+encoding, saving and loading."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
@@ -180,3 +185,37 @@ def inference_model(vae: VAE) -> keras.Model:
 def load_vae(path) -> VAE:
     """Load a saved VAE; `safe_mode=True` refuses any code smuggled into the file."""
     return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def save_vae(vae: VAE, path: Path) -> None:
+    """Save atomically: a reader never sees a half-written model."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.partial.keras")
+    try:
+        vae.save(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def batches(images: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """uint8 images `(n, 28, 28)` -> float32 batches `(b, 28, 28, 1)` in [0, 1].
+
+    The data set stays uint8, a quarter of its float size; each batch is gathered and scaled
+    when it is needed. With `shuffle_seed`, every pass draws a new seeded order.
+    """
+    stored = tf.constant(images)
+    indices = tf.data.Dataset.range(len(images))
+    if shuffle_seed is not None:
+        indices = indices.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def gather(rows):
+        return tf.cast(tf.gather(stored, rows), tf.float32)[..., None] / 255.0  # as data.to_model_input
+
+    return indices.batch(batch_size).map(gather).prefetch(tf.data.AUTOTUNE)
+
+
+def encode(encoder: keras.Model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Latent means and log-variances of uint8 images, `(n, latent_dim)` each."""
+    mu, logvar = encoder.predict(batches(images, batch_size), verbose=0)
+    return mu, logvar

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -11,15 +11,16 @@ from matplotlib.figure import Figure  # the object API draws to files with no di
 from scipy.special import expit
 from sklearn.decomposition import PCA
 
-from pipeline import data, runs
-from pipeline.evaluate import encode
-from pipeline.model import VAE, load_vae
+from pipeline import data
+from pipeline.figures import NAMES
+from pipeline.history import read_history
 from pipeline.params import Plot, flatten, load_params
-from pipeline.prepare import PREPARED
+from pipeline.paths import FIGURES, HISTORY, MODEL, PREPARED
 from pipeline.stage import run_stage
-from pipeline.train import HISTORY, MODEL, read_history
+from pipeline.tracking import runs
 
-FIGURES = Path("plots/figures")
+if TYPE_CHECKING:
+    from pipeline.model import VAE
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -140,6 +141,8 @@ def loss_curves(history: dict[str, list[float]]) -> Figure:
 
 
 def main() -> None:
+    from pipeline.model import encode, load_vae  # TensorFlow, once `run_stage` has started it quietly
+
     params = load_params()
     config = params.plot
     with runs.resumed_run(params, "plot"):  # an error below ends the run FAILED, an interrupt KILLED
@@ -150,7 +153,7 @@ def main() -> None:
         images, labels = test.images[: config.scatter_points], test.labels[: config.scatter_points]
         mu, _ = encode(vae.encoder, images, batch_size=params.evaluate.batch_size)
         n = min(config.n_reconstructions, len(images))
-        figures = {
+        drawn = {  # by name, as `pipeline.figures` lists them
             "latent_scatter.png": latent_scatter(mu, labels),
             "latent_grid.png": latent_grid(vae, mu, config),
             "reconstructions.png": reconstructions(vae, data.to_model_input(images[:n]), labels[:n]),
@@ -158,11 +161,11 @@ def main() -> None:
             "loss_curves.png": loss_curves(read_history(HISTORY)),
         }
         FIGURES.mkdir(parents=True, exist_ok=True)
-        for name, fig in figures.items():
-            fig.savefig(FIGURES / name, dpi=config.dpi)
-            runs.log_figure(fig, name)
-    print(f"plot: {len(figures)} figures in {FIGURES}")
+        for name in NAMES:
+            drawn[name].savefig(FIGURES / name, dpi=config.dpi)
+            runs.log_figure(drawn[name], name)
+    print(f"plot: {len(NAMES)} figures in {FIGURES}")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, tensorflow=True)

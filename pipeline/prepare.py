@@ -9,10 +9,8 @@ import numpy as np
 
 from pipeline import data
 from pipeline.params import load_params
+from pipeline.paths import PREPARED, SUMMARY
 from pipeline.stage import run_stage
-
-PREPARED = Path("data/prepared/fashion_mnist.npz")
-SUMMARY = Path("data/prepared/summary.json")
 
 
 def summarise(splits: dict[str, data.Split], *, source: Path) -> dict:

@@ -1,74 +1,71 @@
-"""TensorFlow's start-up lines kept off the console, whichever module imports TensorFlow first.
+"""TensorFlow started with its start-up notices kept off the console; every other line passes.
 
 TensorFlow 2.21 logs its start-up notices (oneDNN, CPU features, missing CUDA drivers, the
 failed `cuInit` on a machine without a GPU) through Abseil before Abseil's logging is set up,
-and such lines reach stderr whatever `TF_CPP_MIN_LOG_LEVEL` says. So `install()` sets that
-level, and makes the first `import tensorflow` (Keras' too) run with stderr captured at the
-file-descriptor level, together with the first device query, which is what probes CUDA.
-Captured lines that are not such notices are passed on to stderr.
+and such lines reach stderr whatever `TF_CPP_MIN_LOG_LEVEL` says. So `start_tensorflow()`
+imports TensorFlow and makes its first device query (the CUDA probe) with file descriptor 2
+sent through a filter process that drops those notices and passes every other line as it
+comes. Being a process of its own, the filter still passes what a fatal error in TensorFlow's
+import printed when that error kills this one.
+
+Only the stage and command runners call it; importing the package changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.machinery
 import os
-import re
+import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
-NOTICE = re.compile(
-    r"All log messages before absl::InitializeLog|^[IW]\d{4} |failed call to cuInit"
-    r"|^To enable the following instructions: .*rebuild TensorFlow"
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # present where NVIDIA's kernel driver is loaded
+NOTICES = (
+    r"All log messages before absl::InitializeLog",
+    r"^[IW]\d{4} ",  # Abseil's INFO and WARNING lines
+    r"^To enable the following instructions: .*rebuild TensorFlow",
 )
+NO_GPU = r"failed call to cuInit"  # an error where a driver is, a notice where none is
+
+# The filter: stdin to stdout, line by line, leaving out lines that match argv[1].
+FILTER = """\
+import re, sys
+notice = re.compile(sys.argv[1].encode())
+for line in sys.stdin.buffer:
+    if not notice.search(line):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
+
+
+def notice_pattern(gpu_driver: bool) -> str:
+    """The lines to leave out: on a machine with a GPU driver, a failed `cuInit` is not one."""
+    return "|".join(NOTICES if gpu_driver else (*NOTICES, NO_GPU))
 
 
 @contextlib.contextmanager
-def _filtered_stderr() -> Iterator[None]:
-    """Capture fd 2 for the block; pass on every line that is not a start-up notice."""
+def filtered_stderr(pattern: str) -> Iterator[None]:
+    """Send file descriptor 2 through the filter for the block."""
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
+    command = [sys.executable, "-c", FILTER, pattern]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=saved) as lines:
+        os.dup2(lines.stdin.fileno(), 2)
         try:
             yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                if not NOTICE.search(line):
-                    sys.stderr.write(line)
+            lines.stdin.close()  # the filter reads to the end, writes, exits: `with` waits for it
 
 
-class _QuietLoader(importlib.abc.Loader):
-    def __init__(self, loader: importlib.abc.Loader):
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        with _filtered_stderr():
-            self.loader.exec_module(module)
-            module.config.list_physical_devices()  # the CUDA probe, inside the capture
-
-
-class _QuietFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)  # once: the real finders locate TensorFlow
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
-        return spec
-
-
-def install() -> None:
-    """Quiet TensorFlow's start-up, if it is not imported yet; a no-op otherwise."""
+def start_tensorflow() -> None:
+    """Import TensorFlow and probe its devices quietly; a no-op once TensorFlow is imported."""
+    if "tensorflow" in sys.modules:
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietFinder())
+    with filtered_stderr(notice_pattern(NVIDIA_DRIVER.exists())):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the CUDA probe

@@ -23,9 +23,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from pipeline import callbacks, store, sweep_runs
 from pipeline.params import Data, Dimension, Params, Tune, parse_params, with_overrides
+from pipeline.quiet import start_tensorflow
 from pipeline.stage import interrupt
+from pipeline.tracking import store, sweep_runs
 
 JOURNAL = Path("optuna/journal.log")
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -118,10 +119,11 @@ def load_images(data_params: Data, seed: int):
 
 
 def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, tags: dict[str, str]) -> float:
-    """Suggest values -> the `train` stage's `fit_vae` -> final validation negative ELBO."""
+    """Suggest values -> the training loop the `train` stage uses -> final validation negative ELBO."""
     from optuna_integration import KerasPruningCallback
 
-    from pipeline.train import TrainingError, fit_vae
+    from pipeline.tracking import callbacks
+    from pipeline.training import TrainingError, fit_vae
 
     params = parse_params(with_overrides(raw, suggest(trial, parse_params(raw).tune.space)))
     train_images, val_images = load_images(params.data, params.base.seed)
@@ -146,6 +148,7 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, t
 
 def set_threads(threads: int) -> dict[str, str]:
     """Size TensorFlow's thread pools (0: its default) before it starts; return the sizes as tags."""
+    start_tensorflow()  # quietly: a worker process is a runner of its own
     import tensorflow as tf
 
     if threads:
@@ -183,7 +186,7 @@ def work(raw: dict[str, Any], worker: int, threads: int) -> None:
 
 def _work(raw: dict[str, Any], worker: int, threads: int) -> None:
     tags = set_threads(threads)  # first: TensorFlow fixes its pools when it runs its first op
-    from pipeline.train import TrainingError
+    from pipeline.training import TrainingError
 
     logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptTraceback())
     params = parse_params(raw)

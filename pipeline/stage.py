@@ -1,4 +1,5 @@
-"""Running a stage: a user's mistake becomes one line and exit 2; SIGTERM ends runs as Ctrl-C does."""
+"""Running a stage or command: a user's mistake becomes one line and exit 2; SIGTERM ends runs as Ctrl-C
+does; TensorFlow, where the stage uses it, starts without its start-up notices."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from pipeline.params import PipelineError
+from pipeline.quiet import start_tensorflow
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -21,11 +23,17 @@ def interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_stage(main: Callable[[], None]) -> None:
+def run_stage(main: Callable[[], None], *, tensorflow: bool = False) -> None:
     """Run a stage's `main`: a PipelineError becomes one line on stderr and exit status 2;
-    SIGTERM, like Ctrl-C, interrupts it so that open runs are closed as KILLED."""
+    SIGTERM, like Ctrl-C, interrupts it so that open runs are closed as KILLED.
+
+    With `tensorflow`, TensorFlow is started quietly first: such a stage imports the modules
+    that use it inside `main`, so that nothing imports it before.
+    """
     signal.signal(signal.SIGTERM, interrupt)
     try:
+        if tensorflow:
+            start_tensorflow()
         main()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

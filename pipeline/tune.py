@@ -131,8 +131,8 @@ def run_workers(
     """
     from tqdm import tqdm
 
-    from pipeline import sweep_runs
     from pipeline.search import MONITOR, fail_trials, summarise, work
+    from pipeline.tracking import sweep_runs
 
     def progress() -> tuple[int, str]:
         summary = summarise(study)
@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     if not tune.space:
         raise ParamsError("tune.space: empty, so there is nothing to search")
     # Optuna, MLflow and (in the workers) TensorFlow: only a sweep needs them, not --print-best.
-    from pipeline import search, store, sweep_runs
+    from pipeline import search
+    from pipeline.tracking import store, sweep_runs
 
     study, parent_run_id = search.join_study(params)
     workers, threads = plan(tune, tune.n_trials - search.finished_count(study))

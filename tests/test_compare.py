@@ -17,17 +17,17 @@ import mlflow
 import pytest
 
 from pipeline import environment
-from pipeline.store import default_store_uri
-from tests.conftest import FIGURES, SMALL, free_port, make_repo, run, serving, set_param, store
+from pipeline.figures import NAMES as FIGURES
+from pipeline.tracking.store import default_store_uri
+from tests.helpers import free_port, run, serving, set_param, store
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, official_dir) -> Path:
+def repo(reproduced) -> Path:
     """Two real short pipeline runs: `dvc repro` at latent dim 2, then `dvc exp run` at 3."""
-    path = make_repo(tmp_path_factory.mktemp("compare"), SMALL)
-    run(["dvc", "repro"], path)
+    path = reproduced("compare")
     run(["git", "add", "-A"], path)
     run(["git", "commit", "-qm", "baseline run"], path)
     run(["dvc", "exp", "run", "-S", "model.latent_dim=3", "--name", "wide"], path)
@@ -208,7 +208,7 @@ def test_compare_refuses_bad_input_and_logs_nothing(repo, args, message):
 def test_dvc_views_show_curves_figures_and_key_columns(repo, tmp_path):
     diff = run(["dvc", "plots", "diff", "HEAD", "wide", "--json", "-o", str(tmp_path / "diff")], repo)
     plots = json.loads(diff.stdout)["data"]
-    figures = [f"plots/figures/{name}.png" for name in FIGURES]
+    figures = [f"plots/figures/{name}" for name in FIGURES]
     curves = ["Loss per epoch", "Reconstruction and KL per epoch", "Test reconstruction loss by class"]
     assert sorted(plots) == sorted(curves + figures)  # each drawn once, none as a raw-file chart
     for name in curves:

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tests.components import PRETEND_MISSING, components
-from tests.conftest import ROOT, run
+from tests.helpers import ROOT, run
 
 # A test of each component's that asks for it before any other slow set-up.
 NEEDS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tests.conftest import ROOT, run
+from tests.helpers import ROOT, run
 
 # TensorFlow's start-up notices: Abseil's, oneDNN's, the CUDA probe's on a machine without a GPU.
 NOTICES = ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "cuInit", "cpu_feature_guard")
@@ -18,19 +18,54 @@ def test_light_commands_import_no_tensorflow():
     assert result.stdout.startswith("-S model.latent_dim=")
 
 
-def test_importing_tensorflow_through_the_package_is_quiet():
-    probe = "import pipeline.model, tensorflow as tf; print(len(tf.config.list_physical_devices('CPU')))"
-    result = run([sys.executable, "-c", probe], ROOT, env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+def test_a_runner_starts_tensorflow_quietly_and_importing_the_package_does_not():
+    count = "print(len(tf.config.list_physical_devices('CPU')))"
+    quiet = (
+        f"from pipeline.quiet import start_tensorflow; start_tensorflow(); import tensorflow as tf; {count}"
+    )
+    result = run([sys.executable, "-c", quiet], ROOT, env={"TF_CPP_MIN_LOG_LEVEL": "0"})
     assert result.stdout.strip() == "1"
     assert [notice for notice in NOTICES if notice in result.stderr] == []
+    plain = f"import pipeline.model, tensorflow as tf; {count}"  # no runner: TensorFlow's own console
+    result = run([sys.executable, "-c", plain], ROOT, env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert result.stdout.strip() == "1"
+    assert "oneDNN custom operations" in result.stderr
 
 
-def test_other_stderr_lines_pass_through_the_quiet_import():
+def filtered(lines: list[bytes], gpu_driver: bool) -> str:
+    """What reaches stderr when `lines` are written to fd 2 inside the filter."""
     probe = (
-        "import os, pipeline\n"
-        "from pipeline.quiet import _filtered_stderr\n"
-        "with _filtered_stderr():\n"
-        "    os.write(2, b'I0000 00:00:1.0 port.cc:153] oneDNN custom operations are on\\n')\n"
-        "    os.write(2, b'a real problem\\n')\n"
+        "import os\n"
+        "from pipeline.quiet import filtered_stderr, notice_pattern\n"
+        f"with filtered_stderr(notice_pattern(gpu_driver={gpu_driver})):\n"
+        f"    for line in {lines!r}:\n"
+        "        os.write(2, line)\n"
     )
-    assert run([sys.executable, "-c", probe], ROOT).stderr == "a real problem\n"
+    return run([sys.executable, "-c", probe], ROOT).stderr
+
+
+NOTICE = b"I0000 00:00:1.0 port.cc:153] oneDNN custom operations are on\n"
+FATAL = b"F0000 00:00:1.0 cpu_feature_guard.cc:1] The TensorFlow library was compiled to use AVX\n"
+NO_CUDA = b"E0000 00:00:1.0 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n"
+
+
+def test_other_stderr_lines_pass_through_the_filter():
+    assert filtered([NOTICE, b"a real problem\n", NO_CUDA], gpu_driver=False) == "a real problem\n"
+
+
+def test_a_cuda_error_passes_where_there_is_a_gpu_driver():
+    assert filtered([NOTICE, NO_CUDA], gpu_driver=True) == NO_CUDA.decode()
+
+
+def test_a_fatal_error_while_tensorflow_starts_reaches_the_console(tmp_path):
+    # A TensorFlow that dies in its import, as a broken install or a bad CPU flag makes it:
+    # Abseil's FATAL line, then abort(). Nothing runs after it in the process that printed it.
+    fake = tmp_path / "tensorflow"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        f"import os\nos.write(2, {NOTICE!r})\nos.write(2, {FATAL!r})\nos.abort()\n"
+    )
+    probe = "from pipeline.quiet import start_tensorflow; start_tensorflow()"
+    result = run([sys.executable, "-c", probe], ROOT, check=False, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == -6  # SIGABRT
+    assert result.stderr == FATAL.decode()  # the notice before it left out

@@ -6,7 +6,7 @@ import hashlib
 import platform
 
 from pipeline.environment import environment_tags, git_state
-from tests.conftest import make_repo, run
+from tests.helpers import make_repo, run
 
 
 def test_dirty_counts_the_stages_inputs_not_their_outputs_nor_other_files(tmp_path):

@@ -22,12 +22,13 @@ import pytest
 from packaging.requirements import Requirement
 from ruamel.yaml import YAML
 
-from pipeline import data, runs
-from pipeline import store as tracking_store
-from pipeline.model import load_vae
+from pipeline import data
+from pipeline.model import load_vae, save_vae
 from pipeline.params import Model, Train
-from pipeline.train import fit_vae, save_model
-from tests.conftest import ROOT, SMALL, journal_study, make_repo, overrides, run, run_env, store
+from pipeline.tracking import runs
+from pipeline.tracking import store as tracking_store
+from pipeline.training import fit_vae
+from tests.helpers import ROOT, SMALL, journal_study, make_repo, overrides, run, run_env, store
 
 EXPERIMENT = "fashion-mnist-vae"
 # Long enough to be caught mid-training, short enough to finish quickly.
@@ -67,11 +68,9 @@ def epochs_done(repo: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, official_dir) -> Path:
+def reference(reproduced) -> Path:
     """An uninterrupted run of the resumable config."""
-    repo = make_repo(tmp_path_factory.mktemp("reference"), RESUMABLE)
-    run(["dvc", "repro"], repo)
-    return repo
+    return reproduced("resumable", RESUMABLE)
 
 
 @pytest.mark.slow
@@ -254,7 +253,7 @@ def test_failed_save_keeps_the_previous_model(tmp_path):
         verbose=0,
     )
     path = tmp_path / "vae.keras"
-    save_model(vae, path)
+    save_vae(vae, path)
     good = path.read_bytes()
 
     def broken_save(target, **kwargs):
@@ -263,7 +262,7 @@ def test_failed_save_keeps_the_previous_model(tmp_path):
 
     vae.save = broken_save
     with pytest.raises(OSError, match="disk full"):
-        save_model(vae, path)
+        save_vae(vae, path)
     assert path.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae.keras"]
 

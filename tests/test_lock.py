@@ -7,7 +7,7 @@ import shutil
 import tomllib
 
 from tests.components import UV, require
-from tests.conftest import ROOT, run
+from tests.helpers import ROOT, run
 
 # What `scripts/setup.sh` runs; --offline: a check of the files, not of the package index.
 SYNC = ["sync", "--locked", "--extra", "dev", "--python", "python3", "--offline"]

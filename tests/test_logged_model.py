@@ -15,8 +15,8 @@ from keras import ops
 
 from pipeline import data
 from pipeline.model import load_vae
-from pipeline.store import default_store_uri
-from tests.conftest import ROOT, SMALL, free_port, make_repo, run, serving, set_param, store
+from pipeline.tracking.store import default_store_uri
+from tests.helpers import ROOT, free_port, run, serving, set_param, store
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,9 @@ NAME = "fashion-mnist-vae"  # base.tracking.registered_model
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, official_dir) -> Path:
+def repo(reproduced) -> Path:
     """A project copy after one full `dvc repro` on small real data."""
-    path = make_repo(tmp_path_factory.mktemp("logged"), SMALL)
-    run(["dvc", "repro"], path)
-    return path
+    return reproduced("logged_model")
 
 
 def trained(repo: Path) -> dict[str, str]:

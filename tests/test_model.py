@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from pipeline import data
-from pipeline.model import load_vae
+from pipeline.model import batches, load_vae, save_vae
 from pipeline.params import Model, Train, parse_params
-from pipeline.store import repo_root
-from pipeline.train import batches, fit_vae, save_model
+from pipeline.tracking.store import repo_root
+from pipeline.training import fit_vae
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_importance_weighted_bound_matches_a_per_sample_loop(small_data):
 
     from scipy.special import logsumexp
 
-    from pipeline.evaluate import importance_weighted_nll
+    from pipeline.measures import importance_weighted_nll
     from pipeline.model import reconstruction_loss
 
     vae, _ = train_small(small_data, latent_dim=3)
@@ -112,7 +112,7 @@ def test_importance_weighted_bound_matches_a_per_sample_loop(small_data):
 def test_keras_round_trip_with_safe_mode(small_data, tmp_path):
     vae, _ = train_small(small_data, latent_dim=3)
     path = tmp_path / "vae.keras"
-    save_model(vae, path)
+    save_vae(vae, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae.keras"]  # no partial file left
 
     loaded = load_vae(path)  # safe_mode=True

@@ -12,18 +12,17 @@ import numpy as np
 import pytest
 
 from pipeline import data
-from pipeline.store import default_store_uri
-from tests.conftest import FIGURES, SMALL, free_port, make_repo, ran_stages, run, serving, set_param, store
+from pipeline.figures import NAMES as FIGURES
+from pipeline.tracking.store import default_store_uri
+from tests.helpers import SMALL, free_port, make_repo, ran_stages, run, serving, set_param, store
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, official_dir) -> Path:
+def repo(reproduced) -> Path:
     """A project copy after one full `dvc repro` on small real data."""
-    path = make_repo(tmp_path_factory.mktemp("project"), SMALL)
-    run(["dvc", "repro"], path)
-    return path
+    return reproduced("pipeline")
 
 
 def run_of(repo: Path):
@@ -39,7 +38,7 @@ def test_outputs_and_dvc_metrics(repo):
     assert summary["counts"] == {"train": 2000, "val": 500, "test": 500}
     assert sum(summary["class_counts"]["test"].values()) == 500
     for name in FIGURES:
-        assert (repo / f"plots/figures/{name}.png").stat().st_size > 5000
+        assert (repo / f"plots/figures/{name}").stat().st_size > 5000
     history = (repo / "plots/history.csv").read_text().splitlines()
     assert history[0].split(",") == [
         "epoch",
@@ -80,7 +79,7 @@ def test_mlflow_run_holds_all_four_stages(repo):
     assert "reconstruction_by_class/t_shirt_top" in tracked.data.metrics
 
     figures = {a.path for a in store(repo).list_artifacts(tracked.info.run_id, "figures")}
-    assert figures == {f"figures/{name}.png" for name in FIGURES}
+    assert figures == {f"figures/{name}" for name in FIGURES}
 
     head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     assert tracked.data.tags["git.commit"] == head and tracked.data.tags["git.dirty"] == "false"
@@ -141,7 +140,8 @@ def test_exp_run_with_override_is_listed_with_params_and_metrics(repo):
     assert by_dim["8"].data.tags["git.dirty"] == "true"  # params.yaml differs from the commit
 
 
-def test_failed_stage_marks_run_failed(repo):
+def test_failed_stage_marks_run_failed(reproduced):
+    repo = reproduced("broken_model", {**SMALL, "train": {"epochs": 1}})  # its own: it breaks the model
     tracked = run_of(repo)
     (repo / "models/vae.keras").write_bytes(b"truncated")
     result = run(["python", "-m", "pipeline.evaluate"], repo, check=False)

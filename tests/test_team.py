@@ -19,7 +19,7 @@ import optuna
 import pytest
 
 from tests.components import require
-from tests.conftest import ROOT, SMALL, free_port, make_repo, overrides, ran_stages, run, run_env
+from tests.helpers import ROOT, SMALL, free_port, make_repo, overrides, ran_stages, run, run_env
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,9 @@ from optuna.storages import JournalStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
 from pipeline import environment
-from pipeline.store import default_store_uri
+from pipeline.tracking.store import default_store_uri
 from tests.components import POSTGRESQL, require
-from tests.conftest import free_port, journal_study, make_repo, overrides, run, run_env, serving
+from tests.helpers import free_port, journal_study, make_repo, overrides, run, run_env, serving
 
 pytestmark = pytest.mark.slow
 # A search small enough for seconds per trial: 1,000 images, 2 epochs; one worker, so that

@@ -13,8 +13,8 @@ import mlflow
 from pipeline.environment import environment_tags, git_state
 from pipeline.params import Params
 from pipeline.redact import redact
-from pipeline.runs import log_lock, loggable, run_description, run_name, watch_system
-from pipeline.store import configure, mark_dead_runs, owner_tags
+from pipeline.tracking.runs import log_lock, loggable, run_description, run_name, watch_system
+from pipeline.tracking.store import configure, mark_dead_runs, owner_tags
 
 # Optuna trial states as MLflow run statuses: a pruned trial was stopped on purpose.
 TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}

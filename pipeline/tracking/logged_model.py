@@ -19,7 +19,8 @@ import numpy as np
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-from pipeline import vae_pyfunc
+from pipeline.environment import git_state
+from pipeline.tracking import registry, vae_pyfunc
 
 NAME = "model"  # the LoggedModel's name
 # The model needs no more than these; `fashion-vae-pipeline` is not on PyPI and not needed.
@@ -85,3 +86,14 @@ def log_model(keras_model, registered_model_name: str | None = None) -> mlflow.m
         pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
         registered_model_name=registered_model_name,
     )
+
+
+def log_and_register(keras_model, registered_model: str) -> dict[str, str]:
+    """Log into the active run as a new version of `registered_model`, tagged with its run and commit;
+    return what was made."""
+    info = log_model(keras_model, registered_model_name=registered_model)
+    version = str(info.registered_model_version)
+    git = git_state(Path.cwd())
+    tags = {"run_id": info.run_id, **{k: git[k] for k in ("git.commit", "git.dirty") if k in git}}
+    registry.tag_version(registered_model, version, tags)
+    return {"model_id": info.model_id, "registered_model": registered_model, "model_version": version}

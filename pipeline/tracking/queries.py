@@ -11,7 +11,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from pipeline.environment import git_state
-from pipeline.store import TrackingError
+from pipeline.tracking.store import TrackingError
 
 # The comparison report: which runs, what they hold, and the small run that carries the report.
 RUN_ID = re.compile(r"[0-9a-f]{32}")

@@ -17,10 +17,9 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.environment import LOCK, environment_tags, file_sha256, git_state
 from pipeline.params import Params, flatten
+from pipeline.paths import RUN_FILE
 from pipeline.redact import redact_text, redact_values
-from pipeline.store import TrackingError, configure, owner_tags, server_gone, store_uri
-
-RUN_FILE = Path("outputs/mlflow_run.json")
+from pipeline.tracking.store import TrackingError, configure, owner_tags, server_gone, store_uri
 
 
 @contextlib.contextmanager
