@@ -26,6 +26,9 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
+    from pipeline.quiet import start_tensorflow
+
+    start_tensorflow()  # as the stage does: its start-up notices off the console
     import numpy as np
 
     from pipeline import data

@@ -1,4 +1,4 @@
-"""Fixed costs: a no-op `dvc repro`, each stage's imports, the light commands' imports
+"""Fixed costs: a no-op `dvc repro`, each stage's start-up, the light commands' imports
 (`python -X importtime`), the store connection, the model build.
 
     python bench/startup.py            # in the repository, after `dvc repro` has run once
@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "evaluate", "plot", "tune")
+WITH_TF = ("train", "evaluate", "plot")  # `run_stage(main, tensorflow=True)`; tune's workers start it too
 HEAVY = ("tensorflow", "keras", "mlflow", "optuna", "matplotlib", "sklearn", "scipy")
 
 STORE = """
@@ -98,9 +99,12 @@ def main() -> None:
 
     baseline, _ = median_of(args.repeat, [python, "-c", "pass"])
     print(f"python start: {baseline:.2f} s")
-    print("stage imports (seconds over a bare interpreter, heavy packages loaded):")
+    print("stage start-up: imports, and TensorFlow's start where the stage runs it (seconds over a")
+    print("bare interpreter, heavy packages loaded):")
     for stage in STAGES:
-        probe = f"import sys, pipeline.{stage}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+        start = "import pipeline.quiet as q; q.start_tensorflow()" if stage in WITH_TF else "pass"
+        loaded = f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+        probe = f"import sys, pipeline.{stage}; {start}; {loaded}"
         seconds, loaded = median_of(args.repeat, [python, "-c", probe])
         print(f"  {stage:<9} {seconds - baseline:5.2f} s  {loaded.strip() or '-'}")
 

@@ -71,6 +71,9 @@ def child(variant: str, workspace: Path) -> None:
     """Train one variant in this process and write its epoch ends and final validation loss."""
     os.chdir(workspace)
     sys.path.insert(0, str(workspace))
+    from pipeline.quiet import start_tensorflow
+
+    start_tensorflow()  # as the stage does: its start-up notices off the console
     import keras
 
     from pipeline import data

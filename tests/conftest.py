@@ -1,15 +1,19 @@
-"""The fixtures: the real data set, a project reproduced by `dvc repro`, a browser and its pages."""
+"""The fixtures: the real data set, a project reproduced by `dvc repro`, started processes, a browser
+and its pages."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from pipeline import data
 from tests.components import CHROMIUM, require
-from tests.helpers import CHROMIUM_ARGS, ROOT, SMALL, make_repo, run
+from tests.helpers import CHROMIUM_ARGS, ROOT, SMALL, make_repo, run, run_env
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +79,23 @@ def reproduced(tmp_path_factory, official_dir):
         return made[name][1]
 
     return build
+
+
+@pytest.fixture
+def processes():
+    """Starts commands as a terminal would, each in a process group of its own; after the test,
+    whatever is left of a group is killed, so that no process outlives the test that started it."""
+    started = []
+
+    def start(args: list[str], cwd: Path, env: dict[str, str] | None = None, **options) -> subprocess.Popen:
+        process = subprocess.Popen(
+            args, cwd=cwd, env={**run_env(), **(env or {})}, start_new_session=True, **options
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()  # reaps it and closes its pipes

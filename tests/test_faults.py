@@ -28,7 +28,7 @@ from pipeline.params import Model, Train
 from pipeline.tracking import runs
 from pipeline.tracking import store as tracking_store
 from pipeline.training import fit_vae
-from tests.helpers import ROOT, SMALL, journal_study, make_repo, overrides, run, run_env, store
+from tests.helpers import ROOT, SMALL, journal_study, make_repo, overrides, run, store
 
 EXPERIMENT = "fashion-mnist-vae"
 # Long enough to be caught mid-training, short enough to finish quickly.
@@ -41,16 +41,7 @@ def all_runs(repo: Path) -> list:
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
-def start(args: list[str], repo: Path) -> subprocess.Popen:
-    """A command in its own process group, as a terminal would start it."""
-    return subprocess.Popen(
-        args,
-        cwd=repo,
-        env=run_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+OUTPUT = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}  # one stream, read at the end
 
 
 def wait_for(condition, what: str, process: subprocess.Popen, timeout: float = 180) -> None:
@@ -85,9 +76,9 @@ def test_same_seed_gives_identical_losses_and_metrics(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_into_the_same_run(reference, tmp_path):
+def test_killed_training_resumes_into_the_same_run(reference, tmp_path, processes):
     repo = make_repo(tmp_path / "killed", RESUMABLE)
-    process = start(["dvc", "repro"], repo)
+    process = processes(["dvc", "repro"], repo, **OUTPUT)
     wait_for(lambda: epochs_done(repo) >= 2, "two epochs", process)
     os.killpg(process.pid, signal.SIGKILL)  # the machine goes away: no handler runs
     process.wait()
@@ -114,11 +105,11 @@ def test_killed_training_resumes_into_the_same_run(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_ends_the_run_killed_and_leaves_dvc_lock(tmp_path, official_dir):
+def test_sigterm_ends_the_run_killed_and_leaves_dvc_lock(tmp_path, official_dir, processes):
     repo = make_repo(tmp_path / "term", {**SMALL, "train": {"epochs": 200}})
     run(["dvc", "repro", "prepare"], repo)
     lock_before = (repo / "dvc.lock").read_text()
-    process = start(["dvc", "repro"], repo)
+    process = processes(["dvc", "repro"], repo, **OUTPUT)
     wait_for(lambda: epochs_done(repo) >= 1, "an epoch", process)
     os.killpg(process.pid, signal.SIGTERM)
     assert process.wait(timeout=60) != 0
@@ -321,15 +312,13 @@ def test_four_workers_on_the_journal_record_every_trial_once(tmp_path, official_
 
 
 @pytest.mark.slow
-def test_fresh_store_started_by_several_processes_at_once(tmp_path, official_dir):
+def test_fresh_store_started_by_several_processes_at_once(tmp_path, official_dir, processes):
     repo = make_repo(tmp_path / "race", {})
     quick = overrides(train__epochs=1, data__train_size=300, data__val_size=100, tune__pruner="none")
-    processes = [
-        start(["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "race"], repo)
-        for _ in range(3)
-    ]
-    outputs = [p.communicate(timeout=300)[0].decode() for p in processes]
-    assert all(p.returncode == 0 for p in processes), outputs
+    command = ["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "race"]
+    launchers = [processes(command, repo, **OUTPUT) for _ in range(3)]
+    outputs = [p.communicate(timeout=300)[0].decode() for p in launchers]
+    assert all(p.returncode == 0 for p in launchers), outputs
     assert len(store(repo).search_experiments(filter_string=f"name = '{EXPERIMENT}'")) == 1
     journal = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(repo / "optuna/journal.log"))
@@ -359,12 +348,12 @@ def test_two_queue_workers_complete_both_runs(tmp_path, official_dir):
 
 
 @pytest.mark.slow
-def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir):
+def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir, processes):
     repo = make_repo(tmp_path / "sweep-term", {})
     # Epochs enough that the trial is still training when the signal comes, however fast it is.
     quick = overrides(train__epochs=5000, data__train_size=500, data__val_size=200, tune__pruner="none")
-    process = start(
-        ["python", "-m", "pipeline.tune", *quick, "--n-trials", "2", "--study-name", "term"], repo
+    process = processes(
+        ["python", "-m", "pipeline.tune", *quick, "--n-trials", "2", "--study-name", "term"], repo, **OUTPUT
     )
     wait_for(lambda: any("optuna.trial_number" in r.data.tags for r in all_runs(repo)), "a trial", process)
     time.sleep(3)
@@ -392,14 +381,16 @@ def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir):
 
 
 @pytest.mark.slow
-def test_a_stuck_worker_is_killed_after_the_stop_timeout_and_its_trial_failed(tmp_path, official_dir):
+def test_a_stuck_worker_is_killed_after_the_stop_timeout_and_its_trial_failed(
+    tmp_path, official_dir, processes
+):
     import psutil
 
     repo = make_repo(tmp_path / "sweep-stuck", {})
     quick = overrides(train__epochs=5000, data__train_size=500, data__val_size=200, tune__pruner="none")
     quick += overrides(tune__stop_timeout=5)
-    process = start(
-        ["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "stuck"], repo
+    process = processes(
+        ["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "stuck"], repo, **OUTPUT
     )
     wait_for(lambda: any("optuna.trial_number" in r.data.tags for r in all_runs(repo)), "a trial", process)
     children = psutil.Process(process.pid).children()

@@ -107,6 +107,18 @@ def test_stage_console_shows_the_pipeline_not_tensorflow(repo):
     assert [line for line in result.stderr.splitlines() if any(n in line for n in noise)] == []
 
 
+def test_an_edit_makes_stale_only_the_stages_that_run_the_edited_code(repo):
+    for module, stage in (("pipeline/tracking/callbacks.py", "train"), ("pipeline/plot.py", "plot")):
+        path = repo / module
+        original = path.read_text()
+        path.write_text(original + "# an edit\n")
+        try:
+            stale = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+        finally:
+            path.write_text(original)
+        assert sorted(stale) == [stage], (module, stale)
+
+
 def test_second_repro_runs_nothing(repo):
     assert ran_stages(run(["dvc", "repro"], repo).stdout) == []
 

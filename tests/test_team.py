@@ -19,7 +19,7 @@ import optuna
 import pytest
 
 from tests.components import require
-from tests.helpers import ROOT, SMALL, free_port, make_repo, overrides, ran_stages, run, run_env
+from tests.helpers import ROOT, SMALL, free_port, make_repo, overrides, ran_stages, run
 
 pytestmark = pytest.mark.slow
 
@@ -106,15 +106,13 @@ def test_experiment_shared_through_git(clones, team):
     assert "from-a" in run(["dvc", "exp", "show", "--csv"], b, env=env).stdout
 
 
-def test_two_machines_share_one_study(clones, team, tmp_path):
+def test_two_machines_share_one_study(clones, team, tmp_path, processes):
     a, b = clones
     env = as_team(team)
     command = ["python", "-m", "pipeline.tune", *QUICK, "--storage", team["OPTUNA_STORAGE"]]
     command += ["--study-name", "team", "--n-trials", "4"]
     launchers = [
-        subprocess.Popen(
-            command, cwd=clone, env={**run_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        processes(command, clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for clone in (a, b)
     ]
     outputs = [launcher.communicate(timeout=600)[0].decode() for launcher in launchers]
@@ -198,18 +196,12 @@ def test_params_file_refuses_a_password(tmp_path, official_dir):
 
 
 def test_training_fails_in_one_line_when_the_server_goes_and_resumes_when_it_is_back(
-    team, tmp_path, official_dir
+    team, tmp_path, official_dir, processes
 ):
     repo = make_repo(tmp_path / "repo", {**SMALL, "train": {"epochs": 30}})
     env = as_team(team, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")  # fail at once, not after minutes of retries
     run(["python", "-m", "pipeline.prepare"], repo, env=env)
-    training = subprocess.Popen(
-        ["python", "-m", "pipeline.train"],
-        cwd=repo,
-        env={**run_env(), **env},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    training = processes(["python", "-m", "pipeline.train"], repo, env=env, stderr=subprocess.PIPE, text=True)
     state = repo / "checkpoints/train/run.json"
     deadline = time.monotonic() + 300
     while not (

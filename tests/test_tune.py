@@ -23,7 +23,7 @@ from optuna.storages.journal import JournalFileBackend
 from pipeline import environment
 from pipeline.tracking.store import default_store_uri
 from tests.components import POSTGRESQL, require
-from tests.helpers import free_port, journal_study, make_repo, overrides, run, run_env, serving
+from tests.helpers import free_port, journal_study, make_repo, overrides, run, serving
 
 pytestmark = pytest.mark.slow
 # A search small enough for seconds per trial: 1,000 images, 2 epochs; one worker, so that
@@ -229,16 +229,14 @@ def test_two_workers_share_a_postgresql_study(repo, postgres):
     assert_each_trial_once(repo, study, n_trials=4, n_workers=2)
 
 
-def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_once(repo, postgres):
+def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_once(repo, postgres, processes):
     heartbeat = ["-S", "tune.heartbeat_interval=1", "-S", "tune.grace_period=3", "-S", "tune.pruner=none"]
     args = ["python", "-m", "pipeline.tune", *QUICK, "-S", "train.epochs=30", "--storage", postgres]
-    launcher = subprocess.Popen(
+    launcher = processes(  # its own process group: the launcher and its worker die together
         [*args, "--study-name", "killed", "--n-trials", "1", *heartbeat],
-        cwd=repo,
-        env=run_env(),
+        repo,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the launcher and its worker die together
     )
     deadline = time.monotonic() + 120
     while True:
