@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     args.output.write_text(render(views, title=f"Comparing {len(views)} runs: {how}"))
     run_id = queries.log_comparison(experiment_id, args.output, runs, how)
     print(
-        f"compare: {len(views)} runs in {args.output}\n"
+        f"compare: {len(views)} run{'' if len(views) == 1 else 's'} in {args.output}\n"
         f"compare: logged to MLflow run {run_id}: {store.run_link(run_id)}{store.ui_hint()}"
     )
 

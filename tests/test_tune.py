@@ -21,6 +21,7 @@ from optuna.storages import JournalStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
 from pipeline import environment
+from pipeline.figures import FIGURES
 from pipeline.tracking.store import default_store_uri
 from tests.components import POSTGRESQL, require
 from tests.helpers import free_port, journal_study, make_repo, overrides, run, serving
@@ -87,6 +88,8 @@ def test_search_tracks_every_trial_and_resumes(repo):
             "environment/uv.lock"
         ]
         assert "system/cpu_utilization_percentage" in tracked.data.metrics
+        drawn = {a.path for a in client.list_artifacts(tracked.info.run_id, "figures")}
+        assert drawn == {f"figures/{figure.name}" for figure in FIGURES if figure.in_trial}
     assert client.search_model_versions() == []  # trials are compared, not registered
 
     best = (repo / "sweep/best_params.yaml").read_text()
