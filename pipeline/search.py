@@ -9,7 +9,6 @@ import contextlib
 import functools
 import logging
 import math
-import signal
 import sys
 import time
 import warnings
@@ -25,7 +24,7 @@ from optuna.trial import TrialState
 
 from pipeline.params import Data, Dimension, Params, Tune, parse_params, with_overrides
 from pipeline.quiet import start_tensorflow
-from pipeline.stage import interrupt
+from pipeline.stage import catch_sigterm
 from pipeline.tracking import store, sweep_runs
 
 JOURNAL = Path("optuna/journal.log")
@@ -176,7 +175,7 @@ def work(raw: dict[str, Any], worker: int, threads: int) -> None:
     Stopped (SIGTERM, from the launcher or a `kill` of the process group), it ends its trial
     FAILED and exits with status 130 and one line: no traceback to fill a pipe or a console.
     """
-    signal.signal(signal.SIGTERM, interrupt)  # the launcher stops workers with SIGTERM
+    catch_sigterm()  # the launcher stops workers with SIGTERM
     try:
         _work(raw, worker, threads)
     except KeyboardInterrupt:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from pipeline.params import PipelineError
 from pipeline.quiet import start_tensorflow
+
+STOPPED = threading.Event()  # set by SIGTERM; see `interrupt`
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -18,9 +21,27 @@ def interrupt(signum: int, frame: object) -> None:
     FAILED) is not cut short. A second one is common: `kill` of a process group reaches a
     sweep's workers, and then the launcher, stopping, sends them another. Cut short, the
     open run would be ended FINISHED by MLflow's exit handler.
+
+    The KeyboardInterrupt can be lost: raised while Python runs a finalizer (a weakref
+    callback, a `__del__`), it is dropped. `STOPPED` stays set, and the training loop raises
+    it again at its next batch (`training.StopOnSignal`).
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    STOPPED.set()
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _drop_lost_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
+    """Python's report of an exception a finalizer could not raise, but not of a lost interrupt:
+    that is raised again (see `interrupt`), and its traceback would say nothing."""
+    if not (STOPPED.is_set() and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+        sys.__unraisablehook__(unraisable)
+
+
+def catch_sigterm() -> None:
+    """Make SIGTERM interrupt this process as Ctrl-C does (see `interrupt`)."""
+    signal.signal(signal.SIGTERM, interrupt)
+    sys.unraisablehook = _drop_lost_interrupt
 
 
 def run_stage(main: Callable[[], None], *, tensorflow: bool = False) -> None:
@@ -30,7 +51,7 @@ def run_stage(main: Callable[[], None], *, tensorflow: bool = False) -> None:
     With `tensorflow`, TensorFlow is started quietly first: such a stage imports the modules
     that use it inside `main`, so that nothing imports it before.
     """
-    signal.signal(signal.SIGTERM, interrupt)
+    catch_sigterm()
     try:
         if tensorflow:
             start_tensorflow()

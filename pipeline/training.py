@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from pipeline.model import VAE, batches, build_vae
 from pipeline.params import Model, PipelineError, Train
+from pipeline.stage import STOPPED
 
 
 class TrainingError(PipelineError):
@@ -24,6 +25,16 @@ class DivergenceGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise TrainingError(f"the loss became {float(loss)} at batch {batch}; lower train.learning_rate")
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Raise SIGTERM's interrupt again at the next batch if Python lost it (see `stage.interrupt`)."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if STOPPED.is_set():
+            raise KeyboardInterrupt("SIGTERM")
+
+    on_test_batch_end = on_train_batch_end
 
 
 def fit_vae(
@@ -45,7 +56,7 @@ def fit_vae(
         epochs=train.epochs,
         validation_data=batches(val_images, train.batch_size),
         shuffle=False,  # `batches` shuffles, seeded
-        callbacks=[DivergenceGuard(), *callbacks],
+        callbacks=[DivergenceGuard(), StopOnSignal(), *callbacks],
         verbose=verbose,
     )
     return vae, history.history
