@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from ruamel.yaml import YAML
 
+from pipeline.params import read_yaml
 from tests.helpers import ROOT, run
 
 STAGES = ("prepare", "train", "evaluate", "plot", "tune", "compare")  # and the commands
@@ -24,16 +24,23 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def direct_imports(name: str) -> set[str]:
-    """The package modules that module `name` imports anywhere in it, at its top or in a function."""
+def imported_names(path: Path) -> set[str]:
+    """Every name an import in the file names, at its top or in a function: `a.b` for `import a.b`;
+    `m`, and `m.x` in case `x` is a submodule, for `from m import x`."""
     found = set()
-    for node in ast.walk(ast.parse(module_file(name).read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}  # submodules, if they are
-    modules = {m for m in found if m.split(".")[0] == "pipeline" and module_file(m)}
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def direct_imports(name: str) -> set[str]:
+    """The package modules that module `name` imports anywhere in it."""
+    names = imported_names(module_file(name))
+    modules = {m for m in names if m.split(".")[0] == "pipeline" and module_file(m)}
     parents = {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 1)}
     return modules | parents  # importing a submodule runs its packages' __init__.py
 
@@ -49,11 +56,11 @@ def imported(name: str) -> set[str]:
     return seen
 
 
-def stages() -> dict[str, list[str]]:
+def stages() -> dict[str, tuple[str, list[str]]]:
     """Each DVC stage's module and its deps, relative to the project root, from both dvc.yaml files."""
     found = {}
     for dvc_yaml in (ROOT / "dvc.yaml", ROOT / "sweep/dvc.yaml"):
-        for name, stage in YAML(typ="safe").load(dvc_yaml)["stages"].items():
+        for name, stage in read_yaml(dvc_yaml)["stages"].items():
             wdir = (dvc_yaml.parent / stage.get("wdir", ".")).resolve()
             deps = [str((wdir / dep).resolve().relative_to(ROOT)) for dep in stage.get("deps", [])]
             found[name] = (stage["cmd"].split()[-1], deps)
@@ -75,13 +82,7 @@ def test_dvc_yaml_lists_exactly_the_modules_each_stage_imports(stage):
 
 def test_only_the_tracking_package_imports_mlflow():
     for path in sorted((ROOT / "pipeline").rglob("*.py")):
-        names = {
-            alias.name if isinstance(node, ast.Import) else node.module
-            for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Import | ast.ImportFrom)
-            for alias in (node.names if isinstance(node, ast.Import) else [node])
-        }
-        if any(str(n).split(".")[0] == "mlflow" for n in names):
+        if any(name.split(".")[0] == "mlflow" for name in imported_names(path)):
             assert path.parent == ROOT / "pipeline/tracking", path
 
 
