@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,7 +39,7 @@ class Tracking(_Section):
 
 
 class Base(_Section):
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0)  # the validation split, and evaluation's and plotting's sampling
     tracking: Tracking = Tracking()
 
 
@@ -85,6 +87,8 @@ class Train(_Section):
     learning_rate: float = Field(1e-3, gt=0, le=10)
     optimizer: Literal["nadam", "adam", "adamw", "rmsprop", "sgd"] = "nadam"
     steps_per_execution: int = Field(50, ge=1)
+    seed: int = Field(42, ge=0)  # initial weights, shuffling, sampling noise: a replicate changes only this
+    threads: int = Field(0, ge=0, le=256)  # TensorFlow's threads; 0 = its default, one per core
 
 
 class Evaluate(_Section):
@@ -282,6 +286,17 @@ def read_params(path: Path | str | None = None) -> Any:
 def load_params(path: Path | str | None = None) -> Params:
     """Read and validate `params.yaml` (default: the one at the repository root)."""
     return parse_params(read_params(path))
+
+
+# What does not change the model a run trains or the metrics it gets: left out of its
+# configuration id, so that replicates (runs that differ only in `train.seed`) share one.
+NOT_CONFIGURATION = ("train.seed", "train.threads", "base.tracking.", "plot.", "tune.")
+
+
+def config_id(params: Params) -> str:
+    """A short digest of the params that shape a run's model and metrics, the training seed aside."""
+    shaping = {k: v for k, v in flatten(params).items() if not k.startswith(NOT_CONFIGURATION)}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def flatten(params: Params) -> dict[str, Any]:

@@ -134,7 +134,7 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, t
             val_images,
             model=params.model,
             train=params.train,
-            seed=params.base.seed,
+            seed=params.train.seed,
             callbacks=[callbacks.EpochMetrics(), KerasPruningCallback(trial, MONITOR)],
             verbose=0,
         )
@@ -143,20 +143,6 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, t
             raise TrainingError(f"trial {trial.number}: {MONITOR} became {value}; training diverged")
         outcome["value"] = value
     return value
-
-
-def set_threads(threads: int) -> dict[str, str]:
-    """Size TensorFlow's thread pools (0: its default) before it starts; return the sizes as tags."""
-    start_tensorflow()  # quietly: a worker process is a runner of its own
-    import tensorflow as tf
-
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    return {
-        "tensorflow.intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads()),
-        "tensorflow.inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads()),
-    }
 
 
 class _NoInterruptTraceback(logging.Filter):
@@ -184,8 +170,10 @@ def work(raw: dict[str, Any], worker: int, threads: int) -> None:
 
 
 def _work(raw: dict[str, Any], worker: int, threads: int) -> None:
-    tags = set_threads(threads)  # first: TensorFlow fixes its pools when it runs its first op
-    from pipeline.training import TrainingError
+    start_tensorflow()  # quietly: a worker process is a runner of its own
+    from pipeline.training import TrainingError, set_threads
+
+    tags = set_threads(threads)  # before TensorFlow's first op, which fixes its pools
 
     logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptTraceback())
     params = parse_params(raw)

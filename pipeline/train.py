@@ -44,16 +44,17 @@ def main() -> None:
 
     from pipeline.model import inference_model, save_vae
     from pipeline.tracking import callbacks, logged_model
-    from pipeline.training import TrainingError, fit_vae
+    from pipeline.training import TrainingError, fit_vae, set_threads
 
     params = load_params()
+    thread_tags = set_threads(params.train.threads)
     splits = data.load_prepared(PREPARED)
     summary = json.loads(SUMMARY.read_text())
     train_images, val_images = splits["train"].images, splits["val"].images  # uint8 (n, 28, 28)
     key = training_key(params, summary["digest"])
     resume_run_id = run_to_resume(key)
 
-    with runs.training_run(params, resume_run_id=resume_run_id) as run:
+    with runs.training_run(params, resume_run_id=resume_run_id, tags=thread_tags) as run:
         BACKUP.mkdir(parents=True, exist_ok=True)
         (BACKUP / "run.json").write_text(json.dumps({"key": key, "run_id": run.info.run_id}) + "\n")
         if resume_run_id is None:
@@ -68,7 +69,7 @@ def main() -> None:
             val_images,
             model=params.model,
             train=params.train,
-            seed=params.base.seed,
+            seed=params.train.seed,
             callbacks=[
                 keras.callbacks.CSVLogger(str(BACKUP / "history.csv"), append=True),
                 callbacks.EpochMetrics(skip_steps=already_logged),

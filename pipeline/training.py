@@ -37,6 +37,17 @@ class StopOnSignal(keras.callbacks.Callback):
     on_test_batch_end = on_train_batch_end
 
 
+def set_threads(threads: int) -> dict[str, str]:
+    """Size TensorFlow's thread pools (0: its default) before its first op; return the sizes as tags."""
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return {
+        "tensorflow.intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads()),
+        "tensorflow.inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads()),
+    }
+
+
 def fit_vae(
     train_images: np.ndarray,
     val_images: np.ndarray,

@@ -16,7 +16,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from pipeline.environment import LOCK, environment_tags, file_sha256, git_state
-from pipeline.params import Params, flatten
+from pipeline.params import Params, config_id, flatten
 from pipeline.paths import RUN_FILE
 from pipeline.redact import redact_text, redact_values
 from pipeline.tracking.store import TrackingError, configure, owner_tags, server_gone, store_uri
@@ -53,9 +53,13 @@ def honest_status() -> Iterator[None]:
     mlflow.end_run("FINISHED")
 
 
+CONFIG_TAG = "pipeline.config_id"  # shared by replicates: the UI's runs list groups by it
+
+
 def run_name(params: Params, exp_name: str | None = None) -> str:
-    """What tells runs apart in the UI's list: the DVC experiment, latent dim and learning rate."""
-    settings = f"latent {params.model.latent_dim}, lr {params.train.learning_rate:.2g}"
+    """What tells runs apart in the UI's list: the DVC experiment, latent dim, learning rate and seed."""
+    model, train = params.model, params.train
+    settings = f"latent {model.latent_dim}, lr {train.learning_rate:.2g}, seed {train.seed}"
     return f"{settings} · {exp_name}" if exp_name else settings
 
 
@@ -71,12 +75,15 @@ def run_description(params: Params, how: str, git: dict[str, str]) -> str:
         f"{how}{where if commit else ''}.\n\n"
         f"Latent dim {model.latent_dim}; {train.optimizer} at learning rate {train.learning_rate:g}, "
         f"batch {train.batch_size}, {train.epochs} epochs on {images} training images; "
-        f"seed {params.base.seed}."
+        f"training seed {train.seed}, split seed {params.base.seed}; "
+        f"configuration `{config_id(params)}` (tag `{CONFIG_TAG}`)."
     )
 
 
 @contextlib.contextmanager
-def training_run(params: Params, resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def training_run(
+    params: Params, resume_run_id: str | None = None, tags: dict[str, str] | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """A run for one trained model, new or (given its id) continued after an interruption.
 
     Ends FINISHED on success, FAILED on an error and KILLED on an interrupt.
@@ -85,24 +92,26 @@ def training_run(params: Params, resume_run_id: str | None = None) -> Iterator[m
     watch_system(params.base.tracking.system_metrics_interval)
     if resume_run_id is not None:
         run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=True)
-        mlflow.set_tags({**owner_tags(), "pipeline.resumed": "true"})
+        mlflow.set_tags({**(tags or {}), **owner_tags(), "pipeline.resumed": "true"})
     else:
         git = git_state(Path.cwd())
         exp_name = os.environ.get("DVC_EXP_NAME")
         how = f"`dvc exp run`, experiment `{exp_name}`" if exp_name else "`python -m pipeline.train`"
-        tags = {
+        run_tags = {
+            **(tags or {}),
             **git,
             **environment_tags(),
             **owner_tags(),
             "pipeline.stage": "train",
+            CONFIG_TAG: config_id(params),
             "mlflow.note.content": run_description(params, how, git),
         }
         if exp_name:
-            tags["dvc.exp_name"] = exp_name
+            run_tags["dvc.exp_name"] = exp_name
         run = mlflow.start_run(
             experiment_id=experiment_id,
             run_name=run_name(params, exp_name),
-            tags=tags,
+            tags=run_tags,
             log_system_metrics=True,
         )
     with honest_status():

@@ -11,9 +11,9 @@ from typing import Any
 import mlflow
 
 from pipeline.environment import environment_tags, git_state
-from pipeline.params import Params
+from pipeline.params import Params, config_id
 from pipeline.redact import redact
-from pipeline.tracking.runs import log_lock, loggable, run_description, run_name, watch_system
+from pipeline.tracking.runs import CONFIG_TAG, log_lock, loggable, run_description, run_name, watch_system
 from pipeline.tracking.store import configure, mark_dead_runs, owner_tags
 
 # Optuna trial states as MLflow run statuses: a pruned trial was stopped on purpose.
@@ -82,6 +82,7 @@ def trial_run(
         "mlflow.parentRunId": parent_run_id,
         "optuna.trial_number": str(trial_number),
         "pipeline.stage": "trial",
+        CONFIG_TAG: config_id(params),
         "mlflow.note.content": run_description(params, f"Optuna trial {trial_number}", {}),
         **owner_tags(),
     }
