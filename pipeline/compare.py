@@ -1,11 +1,14 @@
 """Compare runs side by side in one self-contained HTML report, logged to MLflow.
 
     python -m pipeline.compare RUN_ID_OR_DVC_EXP [...]   # the runs named
-    python -m pipeline.compare --best 3                  # the 3 trained models with the lowest test_loss
+    python -m pipeline.compare --best 3                  # the 3 configurations with the lowest mean test_loss
     python -m pipeline.compare --study vae-search        # that study's 4 best trials (--best N to change)
 
 MLflow's UI compares params and metric curves but cannot put two runs' images side by
 side; this report holds both, with every image embedded, so it opens with no network.
+Runs that differ only in their training seed are replicates of one configuration: the
+report shows each configuration's n, mean, standard deviation and range, and calls one
+best only when Welch's t-test says its difference to the next is larger than the noise.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import io
 import math
 import os
 import re
+import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +29,7 @@ import markupsafe
 import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from scipy.stats import ttest_ind
 
 from pipeline.environment import PREFIX
 from pipeline.figures import FIGURES
@@ -40,6 +45,8 @@ HIGHER_IS_BETTER = ("knn_accuracy", "active_units")
 NO_BEST = ("test_kl", "kl/train", "kl/val", "kl", "val_kl")  # the last two: runs before grouping
 STUDY_TRIALS = 4
 PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
+ALPHA = 0.05  # Welch's t-test: a difference is real when p is below this
+SUMMARY = ("test_loss", "test_iw_nll")  # printed per configuration
 
 
 @dataclass
@@ -48,6 +55,7 @@ class RunView:
 
     run_id: str
     name: str
+    config: str  # the `pipeline.config_id` tag: replicates share it
     kind: str  # "trained model" or "sweep trial"
     description: str
     params: dict[str, str]
@@ -71,6 +79,7 @@ def collect(run) -> RunView:
     return RunView(
         run_id=run_id,
         name=run.info.run_name,
+        config=tags.get(queries.CONFIG_TAG) or run_id,  # runs before the tag: each its own
         kind="sweep trial" if "optuna.trial_number" in tags else "trained model",
         description=tags.get("mlflow.note.content", ""),
         params=dict(run.data.params),
@@ -108,17 +117,101 @@ def figure_png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def overlaid_curves(runs: list[RunView]) -> Figure:
-    """Every run's train (dashed) and validation (solid) curves, one panel per quantity."""
+@dataclass
+class Group:
+    """The runs of one configuration: the same params but for the training seed."""
+
+    config: str
+    runs: list[RunView]
+
+    @property
+    def name(self) -> str:
+        """The first run's name without its seed or DVC experiment, e.g. `latent 16, lr 0.001`."""
+        return re.sub(r", seed \d+", "", self.runs[0].name).split(" · ")[0]
+
+    def values(self, key: str) -> list[float]:
+        """The finite values of a metric over the runs."""
+        return [v for run in self.runs if (v := run.metrics.get(key)) is not None and math.isfinite(v)]
+
+
+def group_runs(runs: list[RunView]) -> list[Group]:
+    """Runs by configuration, in the order each configuration first appears."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        groups.setdefault(run.config, Group(run.config, [])).runs.append(run)
+    return list(groups.values())
+
+
+@dataclass
+class Spread:
+    """A metric over one configuration's runs."""
+
+    n: int
+    mean: float
+    sd: float | None  # None for a single run
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        if self.sd is None:
+            return f"{self.mean:.5g}"
+        return f"{self.mean:.5g} ± {self.sd:.2g}"
+
+
+def spread(values: list[float]) -> Spread | None:
+    """n, mean, sample standard deviation and range; None for no value."""
+    if not values:
+        return None
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    return Spread(len(values), statistics.fmean(values), sd, min(values), max(values))
+
+
+def verdict(key: str, samples: list[list[float]]) -> tuple[int | None, str]:
+    """Which group is best at a metric, and why: (index, "") when Welch's t-test puts its
+    difference to the runner-up beyond the noise (p < ALPHA); otherwise (None, the reason)."""
+    present = [(statistics.fmean(v), i) for i, v in enumerate(samples) if v]
+    if key in NO_BEST or len(present) < 2:
+        return None, ""
+    present.sort(reverse=key in HIGHER_IS_BETTER)
+    (_, best), (_, second) = present[:2]
+    a, b = samples[best], samples[second]
+    if len(a) < 2 or len(b) < 2:
+        return None, "no test: n = 1"
+    p = ttest_ind(a, b, equal_var=False).pvalue
+    if not math.isfinite(p):  # no spread in either: any difference is real, none is not
+        return (best, "p = 0") if a[0] != b[0] else (None, "within noise: identical")
+    if p < ALPHA:
+        return best, f"p = {p:.2g}"
+    return None, f"within noise: p = {p:.2g}"
+
+
+def band_curves(groups: list[Group]) -> Figure:
+    """Each configuration's train (dashed) and validation (solid) curves, one panel per quantity:
+    the mean over its runs, with a band of one standard deviation where it has more than one."""
     fig = Figure(figsize=(15, 4.2))
     axes = fig.subplots(1, len(CURVES))
     colours = matplotlib.colormaps["tab10"]
     for ax, name in zip(axes, CURVES, strict=True):
-        for i, run in enumerate(runs):
+        for i, group in enumerate(groups):
             for split, style in (("train", "--"), ("val", "-")):
-                values = run.curves.get(f"{name}/{split}", [])
-                epochs = range(1, len(values) + 1)
-                ax.plot(epochs, values, style, color=colours(i % 10), label=f"{run.name} ({split})")
+                curves = [run.curves[key] for run in group.runs if (key := f"{name}/{split}") in run.curves]
+                epochs = min((len(c) for c in curves), default=0)  # a shorter run bounds the mean
+                if not epochs:
+                    continue
+                rows = [c[:epochs] for c in curves]
+                mean = [statistics.fmean(column) for column in zip(*rows, strict=True)]
+                label = f"{group.name} ({split}{f', n = {len(rows)}' if len(rows) > 1 else ''})"
+                ax.plot(range(1, epochs + 1), mean, style, color=colours(i % 10), label=label)
+                if len(rows) > 1:
+                    sd = [statistics.stdev(column) for column in zip(*rows, strict=True)]
+                    ax.fill_between(
+                        range(1, epochs + 1),
+                        [m - s for m, s in zip(mean, sd, strict=True)],
+                        [m + s for m, s in zip(mean, sd, strict=True)],
+                        color=colours(i % 10),
+                        alpha=0.15,
+                        linewidth=0,
+                    )
         ax.set(title={"loss": "Negative ELBO", "reconstruction": "Reconstruction", "kl": "KL"}[name])
         ax.set(xlabel="epoch", ylabel="nats per image")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -129,46 +222,62 @@ def overlaid_curves(runs: list[RunView]) -> Figure:
     return fig
 
 
-def param_rows(runs: list[RunView], attribute: str = "params") -> tuple[list[dict], list[dict]]:
-    """Params (or another of the runs' tables, say `environment`) as rows `{key, values}`:
-    those that differ between runs, then those that do not."""
-    tables = [getattr(run, attribute) for run in runs]
-    keys = sorted({key for table in tables for key in table})
-    rows = [{"key": key, "values": [table.get(key, "—") for table in tables]} for key in keys]
-    differ = [row for row in rows if len(set(row["values"])) > 1]
-    same = [row for row in rows if len(set(row["values"])) == 1]
+def param_rows(groups: list[Group], attribute: str = "params") -> tuple[list[dict], list[dict]]:
+    """Params (or another of the runs' tables, say `environment`) as rows `{key, values}`, one value
+    per configuration (its runs' values joined where they differ, as the seed does): the rows that
+    differ between or within configurations, then those that do not."""
+    keys = sorted({key for group in groups for run in group.runs for key in getattr(run, attribute)})
+    rows = []
+    for key in keys:
+        values = []
+        for group in groups:
+            seen = dict.fromkeys(getattr(run, attribute).get(key, "—") for run in group.runs)
+            values.append(", ".join(seen))
+        rows.append({"key": key, "values": values, "varies": any(", " in v for v in values)})
+    differ = [row for row in rows if len(set(row["values"])) > 1 or row["varies"]]
+    same = [row for row in rows if row not in differ]
     return differ, same
 
 
-def best_index(key: str, values: list[float | None]) -> int | None:
-    """Which run holds the best value of a metric, or None where no direction is better."""
-    present = [(v, i) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
-    if key in NO_BEST or len({v for v, _ in present}) < 2:  # no direction, or nothing to choose
-        return None
-    pick = max if key in HIGHER_IS_BETTER else min
-    return pick(present)[1]
-
-
-def metric_rows(runs: list[RunView]) -> tuple[list[dict], list[dict]]:
-    """Metrics as rows `{key, values, best}`: the main ones (test, then the final epoch's), and per class."""
-    keys = sorted({key for run in runs for key in run.metrics}, key=lambda k: ("/" in k, k))
+def metric_rows(groups: list[Group]) -> tuple[list[dict], list[dict]]:
+    """Metrics as rows `{key, cells, best, verdict}`, one cell (a `Spread`) per configuration:
+    the main ones (test, then the final epoch's), and per class."""
+    keys = sorted(
+        {key for group in groups for run in group.runs for key in run.metrics}, key=lambda k: ("/" in k, k)
+    )
     rows = []
     for key in keys:
-        values = [run.metrics.get(key) for run in runs]
-        rows.append({"key": key, "values": values, "best": best_index(key, values)})
+        samples = [group.values(key) for group in groups]
+        best, why = verdict(key, samples)
+        rows.append({"key": key, "cells": [spread(v) for v in samples], "best": best, "verdict": why})
     per_class = [row for row in rows if row["key"].startswith(PER_CLASS)]
     return [row for row in rows if row not in per_class], per_class
 
 
-def render(runs: list[RunView], *, title: str) -> str:
+def summary_lines(groups: list[Group]) -> list[str]:
+    """One line per configuration: n, then mean ± sd and range of the summary metrics."""
+    lines = []
+    for group in groups:
+        parts = [f"{group.name} [{group.config[:12]}], n = {len(group.runs)}"]
+        for key in SUMMARY:
+            cell = spread(group.values(key))
+            if cell is not None:
+                parts.append(f"{key} {cell}" + (f" ({cell.low:.4g}..{cell.high:.4g})" if cell.n > 1 else ""))
+        lines.append("; ".join(parts))
+    return lines
+
+
+def render(groups: list[Group], *, title: str) -> str:
     """The whole report as one HTML page."""
-    differ, same = param_rows(runs)
-    env_differ, env_same = param_rows(runs, "environment")
-    metrics, per_class = metric_rows(runs)
+    runs = [run for group in groups for run in group.runs]
+    differ, same = param_rows(groups)
+    env_differ, env_same = param_rows(groups, "environment")
+    metrics, per_class = metric_rows(groups)
+    shown = [next((run for run in group.runs if run.figures), group.runs[0]) for group in groups]
     figures = [
-        {"title": figure.caption, "cells": [run.figures.get(figure.name) for run in runs]}
+        {"title": figure.caption, "cells": [run.figures.get(figure.name) for run in shown]}
         for figure in FIGURES
-        if figure.name != REDRAWN and any(figure.name in run.figures for run in runs)
+        if figure.name != REDRAWN and any(figure.name in run.figures for run in shown)
     ]
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("pipeline", "templates"),
@@ -180,14 +289,20 @@ def render(runs: list[RunView], *, title: str) -> str:
     return environment.get_template("compare.html").render(
         title=title,
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        alpha=ALPHA,
+        groups=groups,
         runs=runs,
+        shown=shown,
         differ=differ,
         same=same,
         env_differ=env_differ,
         env_same=env_same,
         metrics=metrics,
         per_class=per_class,
-        curves=data_uri(figure_png(overlaid_curves(runs))),
+        per_run=[
+            {"key": row["key"], "values": [run.metrics.get(row["key"]) for run in runs]} for row in metrics
+        ],
+        curves=data_uri(figure_png(band_curves(groups))),
         figures=figures,
     )
 
@@ -195,7 +310,9 @@ def render(runs: list[RunView], *, title: str) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="*", metavar="RUN", help="MLflow run ids or DVC experiment names")
-    parser.add_argument("--best", type=int, metavar="N", help="the N runs with the lowest test_loss")
+    parser.add_argument(
+        "--best", type=int, metavar="N", help="the N configurations with the lowest mean test_loss"
+    )
     parser.add_argument("--study", metavar="NAME", help=f"an Optuna study's best trials ({STUDY_TRIALS})")
     parser.add_argument("--output", type=Path, default=REPORT, help=f"the HTML file (default {REPORT})")
     args = parser.parse_args(argv)
@@ -217,10 +334,15 @@ def select(args: argparse.Namespace, experiment_id: str) -> tuple[list, str]:
         if not runs:
             raise PipelineError(f"study {args.study!r} has no complete trial in the MLflow store")
         return runs, f"the {n} best trials of study {args.study}"
-    runs = queries.best_runs(experiment_id, args.best)
+    runs = queries.best_configurations(experiment_id, args.best)
     if not runs:
         raise PipelineError("no finished trained model in the MLflow store; run `dvc repro` first")
-    return runs, f"the {args.best} runs with the lowest test_loss"
+    return runs, f"the {args.best} configurations with the lowest mean test_loss"
+
+
+def plural(n: int, noun: str) -> str:
+    """`1 run`, `3 runs`."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -229,12 +351,15 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     experiment_id = store.configure(params.base.tracking.experiment)
     runs, how = select(args, experiment_id)
-    views = [collect(run) for run in runs]
+    groups = group_runs([collect(run) for run in runs])
+    counts = f"{plural(len(runs), 'run')} of {plural(len(groups), 'configuration')}"
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(views, title=f"Comparing {len(views)} runs: {how}"))
+    args.output.write_text(render(groups, title=f"Comparing {counts}: {how}"))
     run_id = queries.log_comparison(experiment_id, args.output, runs, how)
+    for line in summary_lines(groups):
+        print(f"compare: {line}")
     print(
-        f"compare: {len(views)} run{'' if len(views) == 1 else 's'} in {args.output}\n"
+        f"compare: {counts} in {args.output}\n"
         f"compare: logged to MLflow run {run_id}: {store.run_link(run_id)}{store.ui_hint()}"
     )
 

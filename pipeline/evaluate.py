@@ -23,15 +23,16 @@ def class_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def rank_in_registry(test_loss: float) -> str:
-    """Tag the trained model's registered version with its test_loss; the champion follows the best."""
+def rank_in_registry(test_loss: float, margin: float) -> str:
+    """Tag the trained model's registered version with its test_loss; say whether it is the champion."""
     model = runs.read_run_file()
     if "model_version" not in model:  # trained before models were registered
         return ""
     name, version = model["registered_model"], model["model_version"]
-    if registry.record_test_loss(name, version, test_loss):
-        return f"; {name} version {version} is the {registry.CHAMPION}"
-    return f"; the {registry.CHAMPION} stays ahead of {name} version {version}"
+    champion, why = registry.record_test_loss(name, version, test_loss, margin)
+    if champion:
+        return f"; {name} version {version} is the {registry.CHAMPION} ({why})"
+    return f"; the {registry.CHAMPION} stays ahead of {name} version {version}: {why}"
 
 
 def main() -> None:
@@ -79,8 +80,9 @@ def main() -> None:
         per_class = {
             f"reconstruction_by_class/{class_key(row['class'])}": row["reconstruction"] for row in by_class
         }
-        runs.log_metrics({**metrics, **per_class})
-        standing = rank_in_registry(metrics["test_loss"])
+        runs.log_metrics(metrics, model_id=runs.read_run_file().get("model_id"))
+        runs.log_metrics(per_class)
+        standing = rank_in_registry(metrics["test_loss"], params.base.tracking.champion_margin)
     print(
         f"evaluate: test_loss {metrics['test_loss']:.3f} nats, "
         f"IW NLL {metrics['test_iw_nll']:.3f}{standing}\n"

@@ -88,7 +88,7 @@ def main() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         write_history(history, HISTORY)
         METRICS.write_text(json.dumps(final, indent=2) + "\n")
-        model = logged_model.log_and_register(inference_model(vae), params.base.tracking.registered_model)
+        model = logged_model.log_and_register(inference_model(vae), params)
         runs.write_run_file(run, model)
     shutil.rmtree(BACKUP)
     print(

@@ -17,12 +17,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.models import Model, ModelSignature
+from mlflow.models.model import ModelInfo
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
 from pipeline.environment import git_state
+from pipeline.params import Params, config_id, flatten
 from pipeline.tracking import registry, vae_pyfunc
 
-NAME = "model"  # the LoggedModel's name
 # The model needs no more than these; `fashion-vae-pipeline` is not on PyPI and not needed.
 REQUIREMENTS = ("keras", "tensorflow")
 
@@ -76,11 +77,17 @@ def save_model(path: str, mlflow_model: Model, *, keras_model, pip_requirements:
     mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
-def log_model(keras_model, registered_model_name: str | None = None) -> mlflow.models.model.ModelInfo:
+def model_name(params: Params) -> str:
+    """The LoggedModel's name, which tells models apart in the experiment's Models tab:
+    latent dim, training seed and configuration id (MLflow allows no `.` in it, so no learning rate)."""
+    return f"vae-latent{params.model.latent_dim}-seed{params.train.seed}-{config_id(params)}"
+
+
+def log_model(keras_model, name: str, registered_model_name: str | None = None) -> ModelInfo:
     """Log into the active run, registering a new version of `registered_model_name` if given."""
     return Model.log(
         artifact_path=None,
-        name=NAME,
+        name=name,
         flavor=sys.modules[__name__],
         keras_model=keras_model,
         pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
@@ -88,12 +95,20 @@ def log_model(keras_model, registered_model_name: str | None = None) -> mlflow.m
     )
 
 
-def log_and_register(keras_model, registered_model: str) -> dict[str, str]:
-    """Log into the active run as a new version of `registered_model`, tagged with its run and commit;
-    return what was made."""
-    info = log_model(keras_model, registered_model_name=registered_model)
+def log_and_register(keras_model, params: Params) -> dict[str, str]:
+    """Log into the active run, with the params that made it, as a new version of the registered
+    model; tag the version with its run, commit and configuration; return what was made."""
+    registered_model = params.base.tracking.registered_model
+    info = log_model(keras_model, model_name(params), registered_model_name=registered_model)
+    mlflow.log_model_params(
+        {k: str(v) for k, v in flatten(params).items() if k.startswith(("model.", "train."))}, info.model_id
+    )
     version = str(info.registered_model_version)
     git = git_state(Path.cwd())
-    tags = {"run_id": info.run_id, **{k: git[k] for k in ("git.commit", "git.dirty") if k in git}}
+    tags = {
+        "run_id": info.run_id,
+        registry.CONFIG: config_id(params),
+        **{k: git[k] for k in ("git.commit", "git.dirty") if k in git},
+    }
     registry.tag_version(registered_model, version, tags)
     return {"model_id": info.model_id, "registered_model": registered_model, "model_version": version}

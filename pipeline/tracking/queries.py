@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from pipeline.environment import git_state
+from pipeline.tracking.runs import CONFIG_TAG
 from pipeline.tracking.store import TrackingError
 
 # The comparison report: which runs, what they hold, and the small run that carries the report.
@@ -44,14 +46,20 @@ def runs_named(experiment_id: str, refs: Sequence[str]) -> list[mlflow.entities.
     return found
 
 
-def best_runs(experiment_id: str, n: int) -> list[mlflow.entities.Run]:
-    """The `n` finished trained models with the lowest `test_loss`."""
-    return mlflow.MlflowClient().search_runs(
+def best_configurations(experiment_id: str, n: int) -> list[mlflow.entities.Run]:
+    """Every finished, evaluated trained model of the `n` configurations with the lowest mean
+    `test_loss`, best configuration first, each one's runs in the order they started."""
+    runs = mlflow.MlflowClient().search_runs(
         [experiment_id],
         filter_string="tags.`pipeline.stage` = 'train' and attributes.status = 'FINISHED'",
-        order_by=["metrics.test_loss ASC"],
-        max_results=n,
+        order_by=["attributes.start_time ASC"],
     )
+    groups: dict[str, list[mlflow.entities.Run]] = {}
+    for run in runs:
+        if "test_loss" in run.data.metrics:
+            groups.setdefault(run.data.tags.get(CONFIG_TAG) or run.info.run_id, []).append(run)
+    ranked = sorted(groups.values(), key=lambda g: statistics.fmean(r.data.metrics["test_loss"] for r in g))
+    return [run for group in ranked[:n] for run in group]
 
 
 def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.entities.Run]:

@@ -215,9 +215,10 @@ def check_model_hash(path: Path) -> None:
         )
 
 
-def log_metrics(metrics: dict[str, float]) -> None:
-    """Scalar metrics into the active run."""
-    mlflow.log_metrics(metrics)
+def log_metrics(metrics: dict[str, float], model_id: str | None = None) -> None:
+    """Scalar metrics into the active run; with `model_id`, against that logged model too, so that
+    the experiment's Models tab shows and sorts by them."""
+    mlflow.log_metrics(metrics, model_id=model_id)
 
 
 def log_figure(figure, name: str) -> None:
