@@ -20,6 +20,7 @@ import math
 import os
 import re
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +47,7 @@ NO_BEST = ("test_kl", "kl/train", "kl/val", "kl", "val_kl")  # the last two: run
 STUDY_TRIALS = 4
 PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
 ALPHA = 0.05  # Welch's t-test: a difference is real when p is below this
-SUMMARY = ("test_loss", "test_iw_nll")  # printed per configuration
+SUMMARY = ("test_loss", "test_iw_nll", "objective_val_loss")  # printed per configuration, where present
 
 
 @dataclass
@@ -177,7 +178,9 @@ def verdict(key: str, samples: list[list[float]]) -> tuple[int | None, str]:
     a, b = samples[best], samples[second]
     if len(a) < 2 or len(b) < 2:
         return None, "no test: n = 1"
-    p = ttest_ind(a, b, equal_var=False).pvalue
+    with warnings.catch_warnings():  # nearly equal samples (a system metric) warn of lost precision
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = ttest_ind(a, b, equal_var=False).pvalue
     if not math.isfinite(p):  # no spread in either: any difference is real, none is not
         return (best, "p = 0") if a[0] != b[0] else (None, "within noise: identical")
     if p < ALPHA:

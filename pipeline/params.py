@@ -173,6 +173,8 @@ class Tune(_Section):
     heartbeat_interval: int = Field(60, ge=1)
     grace_period: int = Field(180, ge=2)
     stop_timeout: float = Field(30, gt=0)  # seconds stopped workers get to close their trials
+    confirm_top: int = Field(3, ge=0)  # the best trials re-trained on more seeds before naming the best
+    confirm_seeds: int = Field(2, ge=0)  # more seeds for each of them
     overrides: dict[str, Any] = {}  # applied to every trial: the search's budget
     space: dict[str, Dimension] = Field(default_factory=dict)
 

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import logging
 import math
+import statistics
 import sys
 import time
 import warnings
@@ -34,6 +35,9 @@ PARENT_WAIT = 60  # seconds a joining launcher waits for the study's creator to 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # The searched metric: negative ELBO on the validation split, never the test set.
 MONITOR = "val_loss"
+# A confirming trial's user attributes: the trial it repeats, and its training seed.
+REPLICATE_OF = "replicate_of"
+SEED = "train.seed"
 
 
 def storage_url(tune: Tune) -> str:
@@ -124,8 +128,14 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, t
     from pipeline.tracking import callbacks
     from pipeline.training import TrainingError, fit_vae
 
-    params = parse_params(with_overrides(raw, suggest(trial, parse_params(raw).tune.space)))
+    values = suggest(trial, parse_params(raw).tune.space)
+    replicate_of = trial.user_attrs.get(REPLICATE_OF)
+    if replicate_of is not None:  # a confirming trial: the same values, another seed, never pruned
+        values[SEED] = trial.user_attrs[SEED]
+        tags = {**tags, "optuna.replicate_of": str(replicate_of)}
+    params = parse_params(with_overrides(raw, values))
     train_images, val_images = load_images(params.data, params.base.seed)
+    pruning = [] if replicate_of is not None else [KerasPruningCallback(trial, MONITOR)]
     with sweep_runs.trial_run(
         params, parent_run_id=parent_run_id, trial_number=trial.number, tags=tags
     ) as outcome:
@@ -135,7 +145,7 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, t
             model=params.model,
             train=params.train,
             seed=params.train.seed,
-            callbacks=[callbacks.EpochMetrics(), KerasPruningCallback(trial, MONITOR)],
+            callbacks=[callbacks.EpochMetrics(), *pruning],
             verbose=0,
         )
         value = history[MONITOR][-1]
@@ -266,6 +276,54 @@ def fail_trials(study: optuna.Study, numbers: list[int]) -> None:
             study.tell(number, state=TrialState.FAIL)
 
 
+def configurations(study: optuna.Study) -> dict[int, list[optuna.trial.FrozenTrial]]:
+    """Complete trials by the trial they repeat (a searched trial repeats itself)."""
+    groups: dict[int, list[optuna.trial.FrozenTrial]] = {}
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    for trial in sorted(complete, key=lambda t: t.number):
+        groups.setdefault(trial.user_attrs.get(REPLICATE_OF, trial.number), []).append(trial)
+    return groups
+
+
+def enqueue_replicates(study: optuna.Study, top: int, seeds: int, first_seed: int) -> int:
+    """Queue `seeds` more trials, at seeds `first_seed + 1...`, of each of the `top` best searched
+    trials, unless the study already holds them; return how many finished trials the study will
+    hold once they have run.
+
+    Optuna's own queue: the workers take these first, with the trial's values as fixed params.
+    """
+    groups = configurations(study)
+    searched = sorted((trials[0] for trials in groups.values()), key=lambda t: t.value)[:top]
+    trials = study.get_trials(deepcopy=False)
+    held = {(t.user_attrs[REPLICATE_OF], t.user_attrs[SEED]) for t in trials if REPLICATE_OF in t.user_attrs}
+    waiting = sum(t.state not in FINISHED for t in trials if REPLICATE_OF in t.user_attrs)
+    for trial in searched:
+        for seed in range(first_seed + 1, first_seed + 1 + seeds):
+            if (trial.number, seed) not in held:
+                study.enqueue_trial(trial.params, user_attrs={REPLICATE_OF: trial.number, SEED: seed})
+                held.add((trial.number, seed))
+                waiting += 1
+    return finished_count(study) + waiting
+
+
+def best_configuration(study: optuna.Study) -> dict[str, Any] | None:
+    """The searched trial whose values have the lowest mean objective over their seeds, among those
+    repeated on more seeds where any was (the single best trial otherwise); None before any completes."""
+    groups = configurations(study)
+    if not groups:
+        return None
+    confirmed = {number: trials for number, trials in groups.items() if len(trials) > 1} or groups
+    number, trials = min(confirmed.items(), key=lambda item: statistics.fmean(t.value for t in item[1]))
+    values = [t.value for t in trials]
+    return {
+        "best_trial": number,
+        "best_params": trials[0].params,
+        "best_value": statistics.fmean(values),
+        "best_values": values,
+        "best_sd": statistics.stdev(values) if len(values) > 1 else None,
+    }
+
+
 def summarise(study: optuna.Study) -> dict[str, Any]:
     """Counts by state, and the best trial if any completed."""
     trials = study.get_trials(deepcopy=False)
@@ -279,7 +337,5 @@ def summarise(study: optuna.Study) -> dict[str, Any]:
     if ended:  # across every session that worked on the study
         span = max(t.datetime_complete for t in ended) - min(t.datetime_start for t in ended)
         summary["study_wall_seconds"] = round(span.total_seconds(), 1)
-    if counts["COMPLETE"]:
-        best = study.best_trial
-        summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
+    summary.update(best_configuration(study) or {})
     return summary

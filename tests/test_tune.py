@@ -28,8 +28,10 @@ from tests.helpers import free_port, journal_study, make_repo, overrides, run, s
 
 pytestmark = pytest.mark.slow
 # A search small enough for seconds per trial: 1,000 images, 2 epochs; one worker, so that
-# trials run in order, unless a test asks for more.
-QUICK = overrides(train__epochs=2, data__train_size=1000, data__val_size=500, tune__workers=1)
+# trials run in order, unless a test asks for more; no confirming trials, unless a test asks.
+QUICK = overrides(
+    train__epochs=2, data__train_size=1000, data__val_size=500, tune__workers=1, tune__confirm_top=0
+)
 STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -279,19 +281,56 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_once(repo, postg
     assert retry.params == killed.params
 
 
-def test_compare_report_of_a_study_best_trials(repo, tmp_path):
-    tune(repo, "--n-trials", "3", "--study-name", "cmp", "-S", "tune.pruner=none")
-    best = sorted(journal_study(repo, "cmp").trials, key=lambda t: t.value)[:2]
+def test_sweep_confirms_its_best_trials_on_more_seeds(repo, tmp_path):
+    confirm = ["-S", "tune.pruner=none", "-S", "tune.confirm_top=2", "-S", "tune.confirm_seeds=1"]
+    result = tune(repo, "--n-trials", "3", "--study-name", "cmp", *confirm)
+    assert "tune: the 2 best trials again, on 1 more seeds each" in result.stdout
+    study = journal_study(repo, "cmp")
+    searched = [t for t in study.trials if "replicate_of" not in t.user_attrs]
+    replicates = [t for t in study.trials if "replicate_of" in t.user_attrs]
+    assert len(searched) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    top = sorted(searched, key=lambda t: t.value)[:2]
+    assert sorted((t.user_attrs["replicate_of"], t.user_attrs["train.seed"]) for t in replicates) == sorted(
+        (t.number, 43) for t in top
+    )
+    for replicate in replicates:
+        original = study.trials[replicate.user_attrs["replicate_of"]]
+        assert replicate.params == original.params and replicate.value != original.value
+
+    # The best is the lowest mean of a trial and its replicate, which --print-best names.
+    def mean(trial):
+        values = [trial.value] + [r.value for r in replicates if r.user_attrs["replicate_of"] == trial.number]
+        return sum(values) / len(values)
+
+    best = min(top, key=mean)
+    overrides = run(["python", "-m", "pipeline.tune", "--print-best"], repo).stdout.split()
+    assert overrides[:2] == ["-S", f"model.latent_dim={best.params['model.latent_dim']}"]
+    summary = json.loads((repo / "sweep/summary.json").read_text())
+    assert summary["best_trial"] == best.number and summary["best_value"] == pytest.approx(mean(best))
+
+    # Tracked as child runs of the study's run, with the trial they repeat and its configuration.
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in child_runs(repo, study)}
+    for replicate in replicates:
+        tracked, original = runs[replicate.number], runs[replicate.user_attrs["replicate_of"]]
+        assert tracked.data.tags["optuna.replicate_of"] == str(original.data.tags["optuna.trial_number"])
+        assert tracked.data.tags["pipeline.config_id"] == original.data.tags["pipeline.config_id"]
+        assert tracked.data.params["train.seed"] == "43" and tracked.info.run_name.endswith(", seed 43")
+
+    # Run again, nothing more to do: the confirming trials are held in the study.
+    tune(repo, "--n-trials", "3", "--study-name", "cmp", *confirm)
+    assert len(journal_study(repo, "cmp").trials) == 5
+
+    # The comparison report groups each configuration's seeds.
     report = tmp_path / "study.html"
     result = run(
         ["python", "-m", "pipeline.compare", "--study", "cmp", "--best", "2", "--output", str(report)], repo
     )
-    assert "compare: 2 runs" in result.stdout
+    assert "compare: 4 runs of 2 configurations" in result.stdout
+    assert result.stdout.count(", n = 2; objective_val_loss ") == 2
     html = report.read_text()
-    names = [f"trial {t.number}: latent {t.params['model.latent_dim']}" for t in best]
-    assert all(name in html for name in names) and html.index(names[0]) < html.index(names[1])
+    assert f"trial {best.number}: latent {best.params['model.latent_dim']}" in html
     assert "None of these runs has figures: a sweep trial trains but does not plot." in html
-    assert "<img" in html and html.count("<img") == 1  # the overlaid curves only
+    assert "<img" in html and html.count("<img") == 1  # the curves only
 
 
 def test_optuna_dashboard_reads_the_journal(repo, pages, artifacts):
@@ -328,7 +367,8 @@ def test_optuna_dashboard_reads_the_journal(repo, pages, artifacts):
 def test_tune_is_a_dvc_stage_outside_the_default_chain(tmp_path, official_dir):
     budget = {"train.epochs": 1, "data.train_size": 1000, "data.val_size": 500}
     project = make_repo(
-        tmp_path / "project", {"tune": {"n_trials": 2, "pruner": "none", "overrides": budget}}
+        tmp_path / "project",
+        {"tune": {"n_trials": 2, "pruner": "none", "confirm_top": 0, "overrides": budget}},
     )
     assert "tune" not in run(["dvc", "stage", "list", "--name-only"], project).stdout.split()
     assert (

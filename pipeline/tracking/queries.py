@@ -63,7 +63,8 @@ def best_configurations(experiment_id: str, n: int) -> list[mlflow.entities.Run]
 
 
 def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.entities.Run]:
-    """The `n` complete trials of a study with the lowest objective."""
+    """The complete trials of a study's `n` configurations with the lowest mean objective: each
+    searched trial with the trials that re-trained it on other seeds."""
     client = mlflow.MlflowClient()
     parents = client.search_runs(
         [experiment_id],
@@ -78,11 +79,15 @@ def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.enti
             [experiment_id],
             filter_string=f"tags.`mlflow.parentRunId` = {_literal(parent.info.run_id)} "
             "and tags.`optuna.state` = 'COMPLETE'",
-            order_by=["metrics.objective_val_loss ASC"],
-            max_results=n,
         )
     ]
-    return sorted(trials, key=lambda run: run.data.metrics["objective_val_loss"])[:n]
+    groups: dict[str, list[mlflow.entities.Run]] = {}
+    for trial in sorted(trials, key=lambda run: int(run.data.tags["optuna.trial_number"])):
+        groups.setdefault(trial.data.tags.get(CONFIG_TAG) or trial.info.run_id, []).append(trial)
+    ranked = sorted(
+        groups.values(), key=lambda g: statistics.fmean(r.data.metrics["objective_val_loss"] for r in g)
+    )
+    return [trial for group in ranked[:n] for trial in group]
 
 
 def metric_history(run_id: str, key: str) -> list[float]:
