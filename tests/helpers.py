@@ -171,3 +171,17 @@ SMALL = {
     "evaluate": {"iw_samples": 4, "knn_neighbors": 3},
     "plot": {"grid_size": 5, "n_reconstructions": 4, "prior_grid": 3, "dpi": 50},
 }
+
+
+def run_queue(repo: Path, jobs: int, timeout: float = 1200) -> list[str]:
+    """`dvc queue start -j jobs`, as the README says, then wait for the queue to empty; return the
+    statuses of the experiments it ran."""
+    run(["dvc", "queue", "start", "-j", str(jobs)], repo)
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [line.split() for line in run(["dvc", "queue", "status"], repo).stdout.splitlines()]
+        statuses = [row[-1] for row in rows if row and row[-1] in ("Queued", "Running", "Success", "Failed")]
+        if not {"Queued", "Running"} & set(statuses):
+            return statuses
+        assert time.monotonic() < deadline, f"the queue is still running after {timeout} s"
+        time.sleep(5)

@@ -10,16 +10,18 @@ import io
 import json
 import os
 import re
+import statistics
 from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
 import pytest
+from scipy.stats import ttest_ind
 
 from pipeline import environment
 from pipeline.figures import NAMES as FIGURES
 from pipeline.tracking.store import default_store_uri
-from tests.helpers import free_port, run, serving, set_param, store
+from tests.helpers import free_port, run, run_queue, serving, set_param, store
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +82,8 @@ def row_values(page, key: str) -> list[str]:
 def test_mlflow_ui_compares_two_runs(repo, mlflow_ui, pages, artifacts):
     runs = trained_runs(repo)
     assert set(runs) == {"2", "3"}
-    assert runs["2"].info.run_name == "latent 2, lr 0.001"
-    assert runs["3"].info.run_name == "latent 3, lr 0.001 · wide"
+    assert runs["2"].info.run_name == "latent 2, lr 0.001, seed 42"
+    assert runs["3"].info.run_name == "latent 3, lr 0.001, seed 42 · wide"
     experiment_id = runs["2"].info.experiment_id
     errors: list[str] = []
     page = pages(errors, viewport={"width": 1400, "height": 2200})
@@ -135,15 +137,21 @@ def test_compare_report_opens_offline_with_every_image(repo, pages, artifacts):
     assert [alt for alt, loaded in images if not loaded] == []
     differ = page.locator("#params tr.differs td:first-child").all_inner_texts()
     assert differ == ["model.latent_dim"]
+    # One run of each configuration: its value, n = 1, and no best, since one seed tells no noise.
     test_loss = page.locator("#metrics tr", has_text="test_loss").first
-    assert test_loss.locator("td.best").count() == 1
-    best = min(runs.values(), key=lambda r: r.data.metrics["test_loss"])
-    column = [r.info.run_name for r in (runs["2"], runs["3"])].index(best.info.run_name)
-    assert "best" in test_loss.locator("td.num").nth(column).get_attribute("class")
+    cells = test_loss.locator("td.num").all_inner_texts()
+    assert cells == [f"{runs[k].data.metrics['test_loss']:.5g}" for k in ("2", "3")]
+    assert test_loss.locator("td.best").count() == 0
+    assert test_loss.locator("td.verdict").inner_text() == "no test: n = 1"
+    headers = page.locator("#metrics th").all_inner_texts()
+    assert headers[1:] == ["latent 2, lr 0.001 (n = 1)", "latent 3, lr 0.001 (n = 1)", "best"]
     # One registered version per trained run: run, model, version, aliases, the promote command.
+    # Latent 3 took `champion` only if it beat latent 2 by more than the margin, 1 nat.
+    losses = {k: runs[k].data.metrics["test_loss"] for k in ("2", "3")}
+    champion = runs["3"] if losses["2"] - losses["3"] > 1.0 else runs["2"]
     registered = [row.split("\t") for row in page.locator("#registry tr").all_inner_texts()[1:]]
     assert [row[0] for row in registered] == [runs["2"].info.run_name, runs["3"].info.run_name]
-    assert [row[0] for row in registered if row[3].strip() == "champion"] == [best.info.run_name]
+    assert [row[0] for row in registered if row[3].strip() == "champion"] == [champion.info.run_name]
     assert "set_registered_model_alias('fashion-mnist-vae', 'champion', '2')" in registered[1][4]
     page.screenshot(path=artifacts / "compare_report.png", full_page=True)
     assert errors == []
@@ -304,4 +312,116 @@ def test_system_metrics_tab_shows_charts(repo, mlflow_ui, pages, artifacts):
         assert page.get_by_text("System metrics (0)").count() == 0
     finally:
         page.screenshot(path=artifacts / "mlflow_system_metrics.png")  # what it showed, pass or fail
+    assert errors == []
+
+
+def test_replicates_queued_through_dvc_are_grouped_with_their_spread(repo, mlflow_ui, pages, artifacts):
+    # The README's commands: two more seeds of each configuration, one thread each, two at a time.
+    for latent in (2, 3):
+        seeds = ["-S", "train.seed=range(1, 3)", "-S", f"model.latent_dim={latent}", "-S", "train.threads=1"]
+        run(["dvc", "exp", "run", "--queue", *seeds], repo)
+    assert run_queue(repo, jobs=2) == ["Success"] * 4
+
+    experiment_id = trained_runs(repo)["2"].info.experiment_id
+    runs = store(repo).search_runs([experiment_id], "tags.`pipeline.stage` = 'train'")
+    by_latent = {d: [r for r in runs if r.data.params["model.latent_dim"] == d] for d in ("2", "3")}
+    for group in by_latent.values():
+        assert sorted(r.data.params["train.seed"] for r in group) == ["1", "2", "42"]
+        assert len({r.data.tags["pipeline.config_id"] for r in group}) == 1
+        assert len({r.data.metrics["test_loss"] for r in group}) == 3  # the seeds differ...
+    # ...and nothing else: the same prepared split for all six (prepare did not re-run).
+    assert len({r.inputs.dataset_inputs[0].dataset.digest for r in runs}) == 1
+    configs = {d: group[0].data.tags["pipeline.config_id"] for d, group in by_latent.items()}
+    assert configs["2"] != configs["3"]
+
+    report = repo / "reports/replicates.html"
+    result = run(["python", "-m", "pipeline.compare", "--best", "2", "--output", str(report)], repo)
+    assert "compare: 6 runs of 2 configurations" in result.stdout
+    losses = {d: [r.data.metrics["test_loss"] for r in group] for d, group in by_latent.items()}
+    for d, values in losses.items():
+        mean, sd = statistics.fmean(values), statistics.stdev(values)
+        assert f"latent {d}, lr 0.001 [" in result.stdout
+        assert (
+            f"n = 3; test_loss {mean:.5g} ± {sd:.2g} ({min(values):.4g}..{max(values):.4g})" in result.stdout
+        )
+
+    errors: list[str] = []
+    page = pages(errors, viewport={"width": 1300, "height": 900})
+    page.goto(report.as_uri())
+    row = page.locator("#metrics tr", has_text="test_loss").first
+    assert [cell.split("\n")[0] for cell in row.locator("td.num").all_inner_texts()] == [
+        f"{statistics.fmean(losses[d]):.5g} ± {statistics.stdev(losses[d]):.2g}"
+        for d in sorted(losses, key=lambda d: statistics.fmean(losses[d]))  # --best: best first
+    ]
+    # Welch's t-test decides whether the lower mean is the best or within noise.
+    p = ttest_ind(losses["2"], losses["3"], equal_var=False).pvalue
+    if p < 0.05:
+        assert (
+            row.locator("td.best").count() == 1 and row.locator("td.verdict").inner_text() == f"p = {p:.2g}"
+        )
+    else:
+        assert row.locator("td.best").count() == 0
+        assert row.locator("td.verdict").inner_text() == f"within noise: p = {p:.2g}"
+    assert page.locator("#per-run tr").first.locator("th").count() == 1 + 6  # every run, folded
+    differ = page.locator("#params tr.differs td:first-child").all_inner_texts()
+    assert differ == ["model.latent_dim", "train.seed", "train.threads"]
+    page.screenshot(path=artifacts / "compare_replicates.png", full_page=True)
+
+    # MLflow's runs list groups replicates by the tag, with each group's average.
+    ui = pages(errors, viewport={"width": 1600, "height": 1000})
+    ui.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+    ui.get_by_text("latent 2, lr 0.001, seed 1", exact=False).first.wait_for(timeout=60_000)
+    if ui.get_by_role("button", name="Close").count():  # the assistant's panel, when it is open
+        ui.get_by_role("button", name="Close").first.click()
+    ui.get_by_role("button", name="Columns").click()
+    for column in ("Dataset", "Source"):  # room for the metric
+        ui.get_by_role("checkbox", name=column).uncheck()
+    ui.get_by_placeholder("Search columns").fill("test_loss")
+    ui.get_by_role("checkbox", name="test_loss").check()
+    ui.keyboard.press("Escape")
+    ui.get_by_role("button", name="Group by").click()
+    ui.get_by_role("menuitemcheckbox", name="pipeline.config_id").click()
+    ui.keyboard.press("Escape")
+    for config in configs.values():
+        ui.get_by_text(f"Group: {config}").wait_for(timeout=30_000)
+    shown = [float(v) for v in re.findall(r"([\d.]+) \(average\)", ui.locator("body").inner_text())]
+    averages = [statistics.fmean(values) for values in losses.values()]
+    assert sorted(shown) == pytest.approx(sorted(averages))
+    ui.screenshot(path=artifacts / "mlflow_runs_grouped.png")
+    assert errors == []
+
+
+# A node of the Models tab's column picker, an Ant Design tree, by its title.
+COLUMN = ".du-bois-light-tree-treenode:has(span[title='{}'])"
+
+
+def test_models_tab_names_every_model_with_its_test_loss(repo, mlflow_ui, pages, artifacts):
+    client = store(repo)
+    experiment_id = trained_runs(repo)["2"].info.experiment_id
+    models = client.search_logged_models(experiment_ids=[experiment_id])
+    runs = {r.info.run_id: r for r in client.search_runs([experiment_id], "tags.`pipeline.stage` = 'train'")}
+    assert len(models) == len(runs) and len({m.name for m in models}) == len(models)
+    for model in models:
+        tracked = runs[model.source_run_id]
+        seed, latent = tracked.data.params["train.seed"], tracked.data.params["model.latent_dim"]
+        assert model.name == f"vae-latent{latent}-seed{seed}-{tracked.data.tags['pipeline.config_id']}"
+
+    errors: list[str] = []
+    page = pages(errors, viewport={"width": 1600, "height": 1000})
+    page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/models?workflowType=machine_learning")
+    page.get_by_text(models[0].name).wait_for(timeout=60_000)
+    if page.get_by_role("button", name="Close").count():  # the assistant's panel, when it is open
+        page.get_by_role("button", name="Close").first.click()
+    page.get_by_role("button", name="Columns").click()
+    for title in ("No dataset", "Parameters", "Dataset", "Logged from"):  # off: every metric, ...
+        page.locator(COLUMN.format(title) + " .du-bois-light-tree-checkbox").first.click()
+    page.locator(COLUMN.format("No dataset") + " .du-bois-light-tree-switcher").first.click()
+    page.locator(COLUMN.format("test_loss") + " .du-bois-light-tree-checkbox").first.click()  # ...but one
+    page.keyboard.press("Escape")
+    page.get_by_role("columnheader", name="test_loss").wait_for()
+    shown = page.locator("body").inner_text()
+    for model in models:
+        assert model.name in shown
+        assert repr(runs[model.source_run_id].data.metrics["test_loss"]) in shown
+    page.screenshot(path=artifacts / "mlflow_models_tab.png")
     assert errors == []

@@ -15,6 +15,7 @@ from keras import ops
 
 from pipeline import data
 from pipeline.model import load_vae
+from pipeline.params import config_id, load_params
 from pipeline.tracking.store import default_store_uri
 from tests.helpers import ROOT, free_port, run, serving, set_param, store
 
@@ -124,27 +125,54 @@ def champion(repo: Path):
     return store(repo).get_model_version_by_alias(NAME, "champion")
 
 
-def test_champion_alias_moves_only_to_a_better_model(repo, tmp_path):
+def test_logged_models_are_named_and_carry_their_test_metrics(repo):
+    client = store(repo)
+    model = client.get_logged_model(trained(repo)["model_id"])
+    params = load_params(repo / "params.yaml")
+    assert model.name == f"vae-latent2-seed{params.train.seed}-{config_id(params)}"
+    assert model.params["model.latent_dim"] == "2" and model.params["train.seed"] == str(params.train.seed)
+    metrics = {m.key: m.value for m in model.metrics}
+    evaluated = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert {key: metrics[key] for key in evaluated} == pytest.approx(evaluated)
+    by_loss = client.search_logged_models(
+        experiment_ids=[model.experiment_id],
+        order_by=[{"field_name": "metrics.test_loss", "ascending": True}],
+    )
+    assert [m.model_id for m in by_loss] == [model.model_id]
+
+
+def test_champion_alias_moves_only_to_a_better_configuration(repo, tmp_path):
     client = store(repo)
     first = client.get_model_version(NAME, "1")
     assert first.tags["run_id"] == trained(repo)["run_id"]
     assert first.tags["git.commit"] == run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert first.tags["config_id"] == config_id(load_params(repo / "params.yaml"))
     assert float(first.tags["test_loss"]) == pytest.approx(
         json.loads((repo / "metrics/evaluate.json").read_text())["test_loss"]
     )
     assert str(champion(repo).version) == "1"
 
+    # Other seeds of the champion's own configuration never take the alias, lucky or not.
+    for version, seed in (("2", 7), ("3", 8)):
+        set_param(repo, "train", "seed", seed)
+        output = run(["dvc", "repro", "evaluate"], repo).stdout
+        assert trained(repo)["model_version"] == version and str(champion(repo).version) == "1"
+        assert f"stays ahead of {NAME} version {version}: another seed of the champion's" in output
+        assert client.get_model_version(NAME, version).tags["config_id"] == first.tags["config_id"]
+    set_param(repo, "train", "seed", 42)
+
     set_param(repo, "train", "learning_rate", 1e-6)  # a much worse model
     set_param(repo, "train", "epochs", 1)
     output = run(["dvc", "repro", "evaluate"], repo).stdout
-    assert trained(repo)["model_version"] == "2" and str(champion(repo).version) == "1"
-    assert "the champion stays ahead of fashion-mnist-vae version 2" in output
-    assert float(client.get_model_version(NAME, "2").tags["test_loss"]) > float(first.tags["test_loss"])
+    assert trained(repo)["model_version"] == "4" and str(champion(repo).version) == "1"
+    assert f"the champion stays ahead of {NAME} version 4: mean test_loss" in output
+    assert "not better by more than the margin, 1" in output
 
-    set_param(repo, "train", "learning_rate", 3e-3)  # a better one
+    set_param(repo, "train", "learning_rate", 3e-3)  # a clearly better one
     set_param(repo, "train", "epochs", 4)
     output = run(["dvc", "repro", "evaluate"], repo).stdout
-    assert str(champion(repo).version) == "3" and "version 3 is the champion" in output
+    assert str(champion(repo).version) == "5" and "version 5 is the champion" in output
+    assert "better by more than the margin, 1" in output
 
     arrays, _ = consume(repo, f"models:/{NAME}@champion", tmp_path)
     np.testing.assert_allclose(
@@ -152,7 +180,7 @@ def test_champion_alias_moves_only_to_a_better_model(repo, tmp_path):
         load_vae(repo / "models/vae.keras").predict(arrays["images"], verbose=0),
         atol=1e-6,
     )
-    assert len(client.search_model_versions(f"name = '{NAME}'")) == 3
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 5
 
 
 def test_stages_print_the_link_to_their_run(repo):

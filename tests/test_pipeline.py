@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import data
 from pipeline.figures import NAMES as FIGURES
+from pipeline.params import config_id, load_params
 from pipeline.tracking.store import default_store_uri
 from tests.helpers import SMALL, free_port, make_repo, ran_stages, run, serving, set_param, store
 
@@ -71,7 +72,8 @@ def test_mlflow_run_holds_all_four_stages(repo):
     for key in ("loss/train", "loss/val", "kl/val", "reconstruction/train"):  # grouped per quantity
         history = store(repo).get_metric_history(tracked.info.run_id, key)
         assert sorted(m.step for m in history) == [0, 1]
-    assert tracked.info.run_name == "latent 2, lr 0.001"
+    assert tracked.info.run_name == "latent 2, lr 0.001, seed 42"
+    assert tracked.data.tags["pipeline.config_id"] == config_id(load_params(repo / "params.yaml"))
     description = tracked.data.tags["mlflow.note.content"]
     assert "Latent dim 2; nadam at learning rate 0.001, batch 100, 2 epochs on 2,000 training" in description
     evaluated = json.loads((repo / "metrics/evaluate.json").read_text())
@@ -119,6 +121,16 @@ def test_an_edit_makes_stale_only_the_stages_that_run_the_edited_code(repo):
         assert sorted(stale) == [stage], (module, stale)
 
 
+def test_a_training_seed_leaves_the_split_alone(repo):
+    original = (repo / "params.yaml").read_text()
+    set_param(repo, "train", "seed", 7)
+    try:
+        stale = json.loads(run(["dvc", "status", "--json", "dvc.yaml"], repo).stdout)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert sorted(stale) == ["train"]  # not prepare: the same split and test set
+
+
 def test_second_repro_runs_nothing(repo):
     assert ran_stages(run(["dvc", "repro"], repo).stdout) == []
 
@@ -148,7 +160,7 @@ def test_exp_run_with_override_is_listed_with_params_and_metrics(repo):
     assert set(by_dim) == {"2", "8"}
     assert by_dim["8"].info.status == "FINISHED" and "dvc.exp_name" in by_dim["8"].data.tags
     assert by_dim["8"].data.tags["dvc.exp_name"] == experiment["Experiment"]
-    assert by_dim["8"].info.run_name == f"latent 8, lr 0.001 · {experiment['Experiment']}"
+    assert by_dim["8"].info.run_name == f"latent 8, lr 0.001, seed 42 · {experiment['Experiment']}"
     assert by_dim["8"].data.tags["git.dirty"] == "true"  # params.yaml differs from the commit
 
 

@@ -21,7 +21,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
 from pipeline.environment import git_state
-from pipeline.params import Params, config_id, flatten
+from pipeline.params import Params, config_id
 from pipeline.tracking import registry, vae_pyfunc
 
 # The model needs no more than these; `fashion-vae-pipeline` is not on PyPI and not needed.
@@ -96,13 +96,11 @@ def log_model(keras_model, name: str, registered_model_name: str | None = None) 
 
 
 def log_and_register(keras_model, params: Params) -> dict[str, str]:
-    """Log into the active run, with the params that made it, as a new version of the registered
-    model; tag the version with its run, commit and configuration; return what was made."""
+    """Log into the active run (MLflow copies the run's params to the logged model) as a new version
+    of the registered model; tag the version with its run, commit and configuration; return what
+    was made."""
     registered_model = params.base.tracking.registered_model
     info = log_model(keras_model, model_name(params), registered_model_name=registered_model)
-    mlflow.log_model_params(
-        {k: str(v) for k, v in flatten(params).items() if k.startswith(("model.", "train."))}, info.model_id
-    )
     version = str(info.registered_model_version)
     git = git_state(Path.cwd())
     tags = {
