@@ -1,7 +1,7 @@
 """Replicates side by side: DVC's queue one at a time, against one per core with one thread each.
 
     python bench/replicates.py             # 4 replicates x 5 epochs on all 55,000 images (about 20 minutes)
-    python bench/replicates.py --replicates 2 --epochs 1 --train-size 1000   # a quick look
+    python bench/replicates.py --replicates 2 --epochs 1 --train-size 1000 --test-size 500   # a quick look
 
 In a clone of this repository's last commit, with its own DVC cache and MLflow store, each
 setting queues the same number of replicates, `dvc exp run --queue -S train.seed=N ...` as the
@@ -70,6 +70,7 @@ def make_clone(target: Path, options: argparse.Namespace) -> None:
     params = yaml.load(target / "params.yaml")
     params["train"]["epochs"] = options.epochs
     params["data"]["train_size"] = options.train_size
+    params["data"]["test_size"] = options.test_size
     yaml.dump(params, target / "params.yaml")
     subprocess.run(["git", "commit", "-qam", "bench budget"], cwd=target, check=True)
     dvc(["repro", "prepare"], target)
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--replicates", type=int, default=4, help="replicates in each setting")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of each replicate")
     parser.add_argument("--train-size", type=int, default=None, help="training images (default: all)")
+    parser.add_argument("--test-size", type=int, default=None, help="test images (default: all 10,000)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     options = parser.parse_args()
 

@@ -61,3 +61,19 @@ def test_sweep_speed_times_every_setting_on_the_same_study(official_dir, tmp_pat
         assert setting["peak_rss"] > 200 * 2**20  # a launcher and at least one TensorFlow worker
         assert name in result.stdout
     assert "trial-epochs/min" in result.stdout
+
+
+def test_replicates_times_the_queue_in_every_setting(official_dir, tmp_path):
+    figures = tmp_path / "replicates.json"
+    result = run(
+        [sys.executable, "bench/replicates.py", "--replicates", "2", "--epochs", "1", "--train-size", "500",
+         "--test-size", "200", "--json", str(figures)],
+        ROOT,
+    )  # fmt: skip
+    report = json.loads(figures.read_text())
+    cores = report["cores"]
+    names = ["-j 1, default threads", f"-j {cores}, 1 thread", f"-j {cores}, default threads"]
+    assert list(report["wall_s"]) == names
+    for name in names:
+        assert report["wall_s"][name] > 0 and name in result.stdout
+    assert "2 replicates x 1 epochs on 500 images" in result.stdout
