@@ -1,10 +1,13 @@
-"""The comparison report's pure parts: which value is best, what differs, and safe HTML."""
+"""The comparison report's pure parts: grouping replicates, spread, Welch's verdict, what differs,
+and safe HTML."""
 
 from __future__ import annotations
 
+import pytest
 from matplotlib.figure import Figure
+from scipy.stats import ttest_ind
 
-from pipeline.compare import RunView, best_index, figure_png, param_rows, render
+from pipeline.compare import RunView, figure_png, group_runs, param_rows, render, spread, verdict
 
 
 def small_png() -> bytes:
@@ -13,55 +16,93 @@ def small_png() -> bytes:
     return figure_png(fig)
 
 
-def view(name: str, latent_dim: int, test_loss: float, *, figures: bool = True) -> RunView:
+def view(name: str, latent_dim: int, test_loss: float, *, seed: int = 42, figures: bool = True) -> RunView:
     return RunView(
-        run_id=f"{latent_dim:032d}",
-        name=name,
+        run_id=f"{latent_dim:016d}{seed:016d}",
+        name=f"{name}, seed {seed}",
+        config=f"config-{latent_dim}",
         kind="trained model" if figures else "sweep trial",
         description="`dvc exp run` at commit `abc`",
-        params={"model.latent_dim": str(latent_dim), "train.epochs": "30"},
+        params={"model.latent_dim": str(latent_dim), "train.epochs": "30", "train.seed": str(seed)},
         metrics={"test_loss": test_loss, "knn_accuracy": 0.5 + latent_dim / 100, "test_kl": 6.0},
         curves={"loss/train": [300.0, 280.0], "loss/val": [290.0, 285.0]},
         figures={"latent_scatter.png": small_png()} if figures else {},
     )
 
 
-def test_best_is_lowest_except_accuracy_and_active_units_and_never_kl():
-    assert best_index("test_loss", [263.3, 241.9]) == 1
-    assert best_index("knn_accuracy", [0.67, 0.83]) == 1
-    assert best_index("active_units", [2, 8]) == 1
-    assert best_index("test_kl", [6.2, 14.2]) is None
-    assert best_index("test_loss", [250.0, 250.0]) is None  # a tie chooses nothing
-    assert best_index("test_loss", [float("nan"), 260.0, None]) is None  # one real value: nothing to choose
+def test_runs_group_by_configuration_in_order_of_first_appearance():
+    runs = [view("a", 2, 263.0), view("b", 16, 242.0), view("a", 2, 264.0, seed=1)]
+    groups = group_runs(runs)
+    assert [g.name for g in groups] == ["a", "b"]  # the seed left out of a configuration's name
+    assert [len(g.runs) for g in groups] == [2, 1]
+    assert groups[0].values("test_loss") == [263.0, 264.0]
 
 
-def test_params_split_into_differing_and_shared():
-    differ, same = param_rows([view("a", 2, 263.0), view("b", 16, 242.0)])
-    assert [row["key"] for row in differ] == ["model.latent_dim"]
-    assert differ[0]["values"] == ["2", "16"]
+def test_spread_is_n_mean_sample_sd_and_range_and_a_single_run_has_no_sd():
+    cell = spread([263.0, 264.0, 265.5])
+    assert (cell.n, cell.low, cell.high) == (3, 263.0, 265.5)
+    assert cell.mean == pytest.approx(264.1666667) and cell.sd == pytest.approx(1.2583057)
+    assert str(cell) == "264.17 ± 1.3"
+    assert str(spread([263.31085205078125])) == "263.31"  # n = 1: no ±
+    assert spread([]) is None
+
+
+def test_best_only_beyond_the_noise_by_welchs_test():
+    apart, close = [241.1, 241.9, 242.4], [263.0, 264.1, 265.3]
+    assert verdict("test_loss", [close, apart]) == (
+        1,
+        f"p = {ttest_ind(apart, close, equal_var=False).pvalue:.2g}",
+    )
+    overlapping = [263.5, 264.0, 262.9]
+    p = ttest_ind(close, overlapping, equal_var=False).pvalue
+    assert p > 0.05 and verdict("test_loss", [close, overlapping]) == (None, f"within noise: p = {p:.2g}")
+    assert verdict("test_loss", [[263.3], [241.9]]) == (None, "no test: n = 1")  # no noise known
+    assert verdict("knn_accuracy", [[0.61, 0.62, 0.6], [0.8, 0.81, 0.79]])[0] == 1  # higher is better
+    assert verdict("test_kl", [close, apart]) == (None, "")  # KL has no best
+    assert verdict("test_loss", [[250.0, 250.0], [251.0, 251.0]]) == (0, "p = 0")  # no spread, apart
+    assert verdict("test_loss", [close]) == (None, "")  # one configuration: nothing to choose
+
+
+def test_params_split_into_differing_and_shared_with_a_configurations_seeds_joined():
+    groups = group_runs([view("a", 2, 263.0), view("a", 2, 264.0, seed=1), view("b", 16, 242.0)])
+    differ, same = param_rows(groups)
+    assert [row["key"] for row in differ] == ["model.latent_dim", "train.seed"]
+    assert differ[1]["values"] == ["42, 1", "42"]
     assert [row["key"] for row in same] == ["train.epochs"]
 
 
-def test_report_marks_the_best_and_escapes_names():
-    html = render([view("<script>alert(1)</script>", 2, 263.0), view("b", 16, 242.0)], title="t")
+def test_report_shows_the_spread_marks_a_real_best_and_escapes_names():
+    runs = [
+        view("<script>alert(1)</script>", 2, loss, seed=s) for s, loss in ((1, 263.0), (2, 264.1), (3, 265.3))
+    ]
+    runs += [view("b", 16, loss, seed=s) for s, loss in ((1, 241.1), (2, 241.9), (3, 242.4))]
+    html = render(group_runs(runs), title="t")
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
-    assert html.count("<img") == 1 + 2  # the overlaid curves, then one figure per run
-    assert html.count('class="num best"') == 2  # test_loss and knn_accuracy, both run b; KL none
+    assert html.count("<img") == 1 + 2  # the curves, then one figure per configuration
+    assert html.count('class="num best"') == 2  # test_loss and knn_accuracy (no spread, apart), b; KL none
+    assert "264.13 ± 1.2" in html and '<span class="range">263..265.3</span>' in html
+    assert html.count("n = 3") >= 2
     assert "<code>dvc exp run</code>" in html  # a description's code spans
+
+
+def test_two_single_runs_show_no_star_and_say_why():
+    html = render(group_runs([view("a", 2, 263.0), view("b", 16, 242.0)]), title="t")
+    assert 'class="num best"' not in html
+    assert '<td class="verdict">no test: n = 1</td>' in html
 
 
 def test_report_of_trials_alone_says_how_to_see_figures():
     trials = [view("trial 1", 2, 263.0, figures=False), view("trial 2", 4, 250.0, figures=False)]
-    html = render(trials, title="t")
+    html = render(group_runs(trials), title="t")
     assert "None of these runs has figures" in html
     assert html.count("<img") == 1  # the curves only: no row of empty figure cells
 
 
 def test_environment_rows_that_differ_are_highlighted_like_params():
-    amd, xeon = view("amd", 2, 263.31), view("xeon", 2, 263.83)
+    amd, xeon = view("amd", 2, 263.31), view("xeon", 3, 263.83)
     amd.environment = {"cpu": "AMD EPYC", "cpu_isa": "avx2 avx512f", "keras": "3.15.1"}
     xeon.environment = {"cpu": "Intel Xeon", "cpu_isa": "avx2", "keras": "3.15.1"}
-    html = render([amd, xeon], title="t")
+    html = render(group_runs([amd, xeon]), title="t")
     environment = html[html.index('<table id="environment">') :]
     environment = environment[: environment.index("</details>")]
     assert '<tr class="differs"><td><code>cpu</code></td>' in environment
@@ -72,6 +113,6 @@ def test_environment_rows_that_differ_are_highlighted_like_params():
 
 
 def test_runs_without_an_environment_say_so():
-    html = render([view("a", 2, 263.0), view("b", 16, 242.0)], title="t")
+    html = render(group_runs([view("a", 2, 263.0), view("b", 16, 242.0)]), title="t")
     assert '<table id="environment">' not in html
     assert "None of these runs recorded its environment" in html
