@@ -20,6 +20,7 @@ from scipy.stats import ttest_ind
 
 from pipeline import environment
 from pipeline.figures import NAMES as FIGURES
+from pipeline.params import load_params
 from pipeline.tracking.store import default_store_uri
 from tests.helpers import free_port, run, run_queue, serving, set_param, store
 
@@ -146,9 +147,10 @@ def test_compare_report_opens_offline_with_every_image(repo, pages, artifacts):
     headers = page.locator("#metrics th").all_inner_texts()
     assert headers[1:] == ["latent 2, lr 0.001 (n = 1)", "latent 3, lr 0.001 (n = 1)", "best"]
     # One registered version per trained run: run, model, version, aliases, the promote command.
-    # Latent 3 took `champion` only if it beat latent 2 by more than the margin, 1 nat.
+    # Latent 3 took `champion` only if it beat latent 2 by more than the margin.
     losses = {k: runs[k].data.metrics["test_loss"] for k in ("2", "3")}
-    champion = runs["3"] if losses["2"] - losses["3"] > 1.0 else runs["2"]
+    margin = load_params(repo / "params.yaml").base.tracking.champion_margin
+    champion = runs["3"] if losses["2"] - losses["3"] > margin else runs["2"]
     registered = [row.split("\t") for row in page.locator("#registry tr").all_inner_texts()[1:]]
     assert [row[0] for row in registered] == [runs["2"].info.run_name, runs["3"].info.run_name]
     assert [row[0] for row in registered if row[3].strip() == "champion"] == [champion.info.run_name]
