@@ -230,15 +230,12 @@ def param_rows(groups: list[Group], attribute: str = "params") -> tuple[list[dic
     per configuration (its runs' values joined where they differ, as the seed does): the rows that
     differ between or within configurations, then those that do not."""
     keys = sorted({key for group in groups for run in group.runs for key in getattr(run, attribute)})
-    rows = []
+    differ, same = [], []
     for key in keys:
-        values = []
-        for group in groups:
-            seen = dict.fromkeys(getattr(run, attribute).get(key, "—") for run in group.runs)
-            values.append(", ".join(seen))
-        rows.append({"key": key, "values": values, "varies": any(", " in v for v in values)})
-    differ = [row for row in rows if len(set(row["values"])) > 1 or row["varies"]]
-    same = [row for row in rows if row not in differ]
+        seen = [dict.fromkeys(getattr(run, attribute).get(key, "—") for run in g.runs) for g in groups]
+        row = {"key": key, "values": [", ".join(values) for values in seen]}
+        varies = any(len(values) > 1 for values in seen) or len(set(row["values"])) > 1
+        (differ if varies else same).append(row)
     return differ, same
 
 

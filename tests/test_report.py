@@ -23,7 +23,12 @@ def view(name: str, latent_dim: int, test_loss: float, *, seed: int = 42, figure
         config=f"config-{latent_dim}",
         kind="trained model" if figures else "sweep trial",
         description="`dvc exp run` at commit `abc`",
-        params={"model.latent_dim": str(latent_dim), "train.epochs": "30", "train.seed": str(seed)},
+        params={
+            "model.latent_dim": str(latent_dim),
+            "model.encoder_filters": "[32, 64]",
+            "train.epochs": "30",
+            "train.seed": str(seed),
+        },
         metrics={"test_loss": test_loss, "knn_accuracy": 0.5 + latent_dim / 100, "test_kl": 6.0},
         curves={"loss/train": [300.0, 280.0], "loss/val": [290.0, 285.0]},
         figures={"latent_scatter.png": small_png()} if figures else {},
@@ -68,7 +73,7 @@ def test_params_split_into_differing_and_shared_with_a_configurations_seeds_join
     differ, same = param_rows(groups)
     assert [row["key"] for row in differ] == ["model.latent_dim", "train.seed"]
     assert differ[1]["values"] == ["42, 1", "42"]
-    assert [row["key"] for row in same] == ["train.epochs"]
+    assert [row["key"] for row in same] == ["model.encoder_filters", "train.epochs"]
 
 
 def test_report_shows_the_spread_marks_a_real_best_and_escapes_names():
