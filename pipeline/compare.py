@@ -47,7 +47,7 @@ NO_BEST = ("test_kl", "kl/train", "kl/val", "kl", "val_kl")  # the last two: run
 STUDY_TRIALS = 4
 PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
 ALPHA = 0.05  # Welch's t-test: a difference is real when p is below this
-SUMMARY = ("test_loss", "test_iw_nll", "objective_val_loss")  # printed per configuration, where present
+SUMMARY = ("test_loss", "test_iw_nll", "active_units", "objective_val_loss")  # printed, where present
 
 
 @dataclass
@@ -255,7 +255,8 @@ def metric_rows(groups: list[Group]) -> tuple[list[dict], list[dict]]:
 
 
 def summary_lines(groups: list[Group]) -> list[str]:
-    """One line per configuration: n, then mean ± sd and range of the summary metrics."""
+    """One line per configuration: n, then mean ± sd and range of the summary metrics; then, for
+    each of them, which configuration is best or why none is."""
     lines = []
     for group in groups:
         parts = [f"{group.name} [{group.config[:12]}], n = {len(group.runs)}"]
@@ -264,6 +265,12 @@ def summary_lines(groups: list[Group]) -> list[str]:
             if cell is not None:
                 parts.append(f"{key} {cell}" + (f" ({cell.low:.4g}..{cell.high:.4g})" if cell.n > 1 else ""))
         lines.append("; ".join(parts))
+    for key in SUMMARY:
+        best, why = verdict(key, [group.values(key) for group in groups])
+        if best is not None:
+            lines.append(f"best {key}: {groups[best].name} ({why})")
+        elif why:
+            lines.append(f"best {key}: none, {why}")
     return lines
 
 
