@@ -36,7 +36,7 @@ class Tracking(_Section):
     experiment: str = Field("fashion-mnist-vae", min_length=1)
     registered_model: str = Field("fashion-mnist-vae", min_length=1)
     system_metrics_interval: float = Field(2.0, gt=0)
-    champion_margin: float = Field(1.0, ge=0)
+    champion_margin: float = Field(2.0, ge=0)
 
 
 class Base(_Section):

@@ -71,6 +71,10 @@ METRIC_CELLS = """key => {
 }"""
 
 
+# A node of the Models tab's column picker, an Ant Design tree, by its title.
+COLUMN = ".du-bois-light-tree-treenode:has(span[title='{}'])"
+
+
 def row_values(page, key: str) -> list[str]:
     """The cells after `key` in the comparison table row that `key` heads."""
     for text in page.get_by_role("row").filter(has_text=key).all_inner_texts():
@@ -376,10 +380,10 @@ def test_replicates_queued_through_dvc_are_grouped_with_their_spread(repo, mlflo
     if ui.get_by_role("button", name="Close").count():  # the assistant's panel, when it is open
         ui.get_by_role("button", name="Close").first.click()
     ui.get_by_role("button", name="Columns").click()
-    for column in ("Dataset", "Source"):  # room for the metric
-        ui.get_by_role("checkbox", name=column).uncheck()
-    ui.get_by_placeholder("Search columns").fill("test_loss")
-    ui.get_by_role("checkbox", name="test_loss").check()
+    for column in ("Dataset", "Source", "test_loss"):  # off, off (room for the metric), on
+        ui.get_by_placeholder("Search columns").fill(column)  # the match's title is then blank
+        node = ui.locator(".du-bois-light-tree-treenode").filter(has_text=re.compile(rf"^{column}$"))
+        node.locator(".du-bois-light-tree-checkbox").first.click()
     ui.keyboard.press("Escape")
     ui.get_by_role("button", name="Group by").click()
     ui.get_by_role("menuitemcheckbox", name="pipeline.config_id").click()
@@ -391,10 +395,6 @@ def test_replicates_queued_through_dvc_are_grouped_with_their_spread(repo, mlflo
     assert sorted(shown) == pytest.approx(sorted(averages))
     ui.screenshot(path=artifacts / "mlflow_runs_grouped.png")
     assert errors == []
-
-
-# A node of the Models tab's column picker, an Ant Design tree, by its title.
-COLUMN = ".du-bois-light-tree-treenode:has(span[title='{}'])"
 
 
 def test_models_tab_names_every_model_with_its_test_loss(repo, mlflow_ui, pages, artifacts):
