@@ -128,7 +128,7 @@ def test_compare_report_opens_offline_with_every_image(repo, pages, artifacts):
     runs = trained_runs(repo)
     report = repo / "reports/compare.html"
     result = run(["python", "-m", "pipeline.compare", runs["2"].info.run_id, "wide"], repo)
-    assert "compare: 2 runs in reports/compare.html" in result.stdout
+    assert "compare: 2 runs of 2 configurations in reports/compare.html" in result.stdout
 
     errors: list[str] = []
     page = pages(errors, viewport={"width": 1300, "height": 900})

@@ -288,7 +288,9 @@ def test_installed_versions_meet_the_security_floors():
 @pytest.mark.slow
 def test_four_workers_on_the_journal_record_every_trial_once(tmp_path, official_dir):
     repo = make_repo(tmp_path / "four", {})
-    quick = overrides(train__epochs=1, data__train_size=500, data__val_size=200, tune__pruner="none")
+    quick = overrides(
+        train__epochs=1, data__train_size=500, data__val_size=200, tune__pruner="none", tune__confirm_top=0
+    )
     run(
         [
             "python",
@@ -314,7 +316,9 @@ def test_four_workers_on_the_journal_record_every_trial_once(tmp_path, official_
 @pytest.mark.slow
 def test_fresh_store_started_by_several_processes_at_once(tmp_path, official_dir, processes):
     repo = make_repo(tmp_path / "race", {})
-    quick = overrides(train__epochs=1, data__train_size=300, data__val_size=100, tune__pruner="none")
+    quick = overrides(
+        train__epochs=1, data__train_size=300, data__val_size=100, tune__pruner="none", tune__confirm_top=0
+    )
     command = ["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "race"]
     launchers = [processes(command, repo, **OUTPUT) for _ in range(3)]
     outputs = [p.communicate(timeout=300)[0].decode() for p in launchers]
@@ -351,7 +355,9 @@ def test_two_queue_workers_complete_both_runs(tmp_path, official_dir):
 def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir, processes):
     repo = make_repo(tmp_path / "sweep-term", {})
     # Epochs enough that the trial is still training when the signal comes, however fast it is.
-    quick = overrides(train__epochs=5000, data__train_size=500, data__val_size=200, tune__pruner="none")
+    quick = overrides(
+        train__epochs=5000, data__train_size=500, data__val_size=200, tune__pruner="none", tune__confirm_top=0
+    )
     process = processes(
         ["python", "-m", "pipeline.tune", *quick, "--n-trials", "2", "--study-name", "term"], repo, **OUTPUT
     )
@@ -387,7 +393,9 @@ def test_a_stuck_worker_is_killed_after_the_stop_timeout_and_its_trial_failed(
     import psutil
 
     repo = make_repo(tmp_path / "sweep-stuck", {})
-    quick = overrides(train__epochs=5000, data__train_size=500, data__val_size=200, tune__pruner="none")
+    quick = overrides(
+        train__epochs=5000, data__train_size=500, data__val_size=200, tune__pruner="none", tune__confirm_top=0
+    )
     quick += overrides(tune__stop_timeout=5)
     process = processes(
         ["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "stuck"], repo, **OUTPUT

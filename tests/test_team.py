@@ -23,7 +23,10 @@ from tests.helpers import ROOT, SMALL, free_port, make_repo, overrides, ran_stag
 
 pytestmark = pytest.mark.slow
 
-QUICK = overrides(train__epochs=1, data__train_size=1000, data__val_size=500, tune__pruner="none")
+# No confirming trials: these tests count the searched ones.
+QUICK = overrides(
+    train__epochs=1, data__train_size=1000, data__val_size=500, tune__pruner="none", tune__confirm_top=0
+)
 SENTINEL = "Sentinel-pw-5f1c9e"  # a password that must never be written or shown anywhere
 
 
