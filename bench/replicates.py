@@ -1,6 +1,6 @@
 """Replicates side by side: DVC's queue one at a time, against one per core with one thread each.
 
-    python bench/replicates.py             # 4 replicates x 5 epochs on all 55,000 images (about 20 minutes)
+    python bench/replicates.py             # 4 replicates x 5 epochs on all 55,000 images (about 25 minutes)
     python bench/replicates.py --replicates 2 --epochs 1 --train-size 1000 --test-size 500   # a quick look
 
 In a clone of this repository's last commit, with its own DVC cache and MLflow store, each
