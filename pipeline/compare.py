@@ -44,6 +44,7 @@ CURVES = ("loss", "reconstruction", "kl")
 HIGHER_IS_BETTER = ("knn_accuracy", "active_units")
 # KL is a cost traded against reconstruction, so no run's KL is "best".
 NO_BEST = ("test_kl", "kl/train", "kl/val", "kl", "val_kl")  # the last two: runs before grouping
+SYSTEM = "system/"  # MLflow's system metrics: what the machine did, not how good a model is
 STUDY_TRIALS = 4
 PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
 ALPHA = 0.05  # Welch's t-test: a difference is real when p is below this
@@ -171,7 +172,7 @@ def verdict(key: str, samples: list[list[float]]) -> tuple[int | None, str]:
     """Which group is best at a metric, and why: (index, "") when Welch's t-test puts its
     difference to the runner-up beyond the noise (p < ALPHA); otherwise (None, the reason)."""
     present = [(statistics.fmean(v), i) for i, v in enumerate(samples) if v]
-    if key in NO_BEST or len(present) < 2:
+    if key in NO_BEST or key.startswith(SYSTEM) or len(present) < 2:
         return None, ""
     present.sort(reverse=key in HIGHER_IS_BETTER)
     (_, best), (_, second) = present[:2]

@@ -4,8 +4,8 @@
     python scripts/readme_images.py RUN_OR_EXP ...  # or the runs named (any `pipeline.compare` arguments)
 
 Run it after `dvc repro`: it copies the default run's latent scatter and grid, makes a
-comparison report with `python -m pipeline.compare`, and photographs its top in headless
-Chromium. The PNGs are scaled down to stay small in git.
+comparison report with `python -m pipeline.compare`, and photographs its metrics and curves
+in headless Chromium. The PNGs are scaled down to stay small in git.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ def main(argv: list[str]) -> None:
         page = browser.new_page(viewport={"width": 1300, "height": 900})
         page.goto(REPORT.as_uri())
         page.screenshot(path=screenshot, full_page=True)
+        metrics = page.locator("h2", has_text="Metrics").bounding_box()["y"]  # from the metrics down
         browser.close()
-    top = Image.open(screenshot)
-    top.crop((0, 0, top.width, min(top.height, 2000))).save(screenshot)
+    full = Image.open(screenshot)
+    full.crop((0, metrics - 10, full.width, min(full.height, metrics + 1500))).save(screenshot)
     shrink(screenshot, IMAGES / "compare_report.png", width=900)
 
 

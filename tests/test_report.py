@@ -64,6 +64,7 @@ def test_best_only_beyond_the_noise_by_welchs_test():
     assert verdict("test_loss", [[263.3], [241.9]]) == (None, "no test: n = 1")  # no noise known
     assert verdict("knn_accuracy", [[0.61, 0.62, 0.6], [0.8, 0.81, 0.79]])[0] == 1  # higher is better
     assert verdict("test_kl", [close, apart]) == (None, "")  # KL has no best
+    assert verdict("system/cpu_utilization_percentage", [close, apart]) == (None, "")  # nor the machine
     assert verdict("test_loss", [[250.0, 250.0], [251.0, 251.0]]) == (0, "p = 0")  # no spread, apart
     assert verdict("test_loss", [close]) == (None, "")  # one configuration: nothing to choose
 
