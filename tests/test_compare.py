@@ -379,7 +379,7 @@ def test_replicates_queued_through_dvc_are_grouped_with_their_spread(repo, mlflo
     ui.get_by_text("latent 2, lr 0.001, seed 1", exact=False).first.wait_for(timeout=60_000)
     if ui.get_by_role("button", name="Close").count():  # the assistant's panel, when it is open
         ui.get_by_role("button", name="Close").first.click()
-    ui.get_by_role("button", name="Columns").click()
+    ui.get_by_role("button", name="Columns", exact=True).click()
     for column in ("Dataset", "Source", "test_loss"):  # off, off (room for the metric), on
         ui.get_by_placeholder("Search columns").fill(column)  # the match's title is then blank
         node = ui.locator(".du-bois-light-tree-treenode").filter(has_text=re.compile(rf"^{column}$"))
@@ -414,7 +414,7 @@ def test_models_tab_names_every_model_with_its_test_loss(repo, mlflow_ui, pages,
     page.get_by_text(models[0].name).wait_for(timeout=60_000)
     if page.get_by_role("button", name="Close").count():  # the assistant's panel, when it is open
         page.get_by_role("button", name="Close").first.click()
-    page.get_by_role("button", name="Columns").click()
+    page.get_by_role("button", name="Columns", exact=True).click()
     for title in ("No dataset", "Parameters", "Dataset", "Logged from"):  # off: every metric, ...
         page.locator(COLUMN.format(title) + " .du-bois-light-tree-checkbox").first.click()
     page.locator(COLUMN.format("No dataset") + " .du-bois-light-tree-switcher").first.click()
