@@ -54,12 +54,7 @@ def best_configurations(experiment_id: str, n: int) -> list[mlflow.entities.Run]
         filter_string="tags.`pipeline.stage` = 'train' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time ASC"],
     )
-    groups: dict[str, list[mlflow.entities.Run]] = {}
-    for run in runs:
-        if "test_loss" in run.data.metrics:
-            groups.setdefault(run.data.tags.get(CONFIG_TAG) or run.info.run_id, []).append(run)
-    ranked = sorted(groups.values(), key=lambda g: statistics.fmean(r.data.metrics["test_loss"] for r in g))
-    return [run for group in ranked[:n] for run in group]
+    return best_groups([run for run in runs if "test_loss" in run.data.metrics], "test_loss", n)
 
 
 def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.entities.Run]:
@@ -81,13 +76,18 @@ def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.enti
             "and tags.`optuna.state` = 'COMPLETE'",
         )
     ]
+    trials.sort(key=lambda run: int(run.data.tags["optuna.trial_number"]))
+    return best_groups(trials, "objective_val_loss", n)
+
+
+def best_groups(runs: list[mlflow.entities.Run], metric: str, n: int) -> list[mlflow.entities.Run]:
+    """The runs of the `n` configurations (the `pipeline.config_id` tag; a run without it is its own)
+    with the lowest mean `metric`, best first, each configuration's runs in their given order."""
     groups: dict[str, list[mlflow.entities.Run]] = {}
-    for trial in sorted(trials, key=lambda run: int(run.data.tags["optuna.trial_number"])):
-        groups.setdefault(trial.data.tags.get(CONFIG_TAG) or trial.info.run_id, []).append(trial)
-    ranked = sorted(
-        groups.values(), key=lambda g: statistics.fmean(r.data.metrics["objective_val_loss"] for r in g)
-    )
-    return [trial for group in ranked[:n] for trial in group]
+    for run in runs:
+        groups.setdefault(run.data.tags.get(CONFIG_TAG) or run.info.run_id, []).append(run)
+    ranked = sorted(groups.values(), key=lambda g: statistics.fmean(r.data.metrics[metric] for r in g))
+    return [run for group in ranked[:n] for run in group]
 
 
 def metric_history(run_id: str, key: str) -> list[float]:
