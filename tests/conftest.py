@@ -9,11 +9,24 @@ import signal
 import subprocess
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from pipeline import data
 from tests.components import CHROMIUM, require
 from tests.helpers import CHROMIUM_ARGS, ROOT, SMALL, make_repo, run, run_env
+
+
+@pytest.fixture(autouse=True)
+def tracking_uri_restored():
+    """`mlflow.set_tracking_uri`, which a test calls to use MLflow's fluent API, lasts for the rest
+    of the process and writes MLFLOW_TRACKING_URI into os.environ, so a later test's own store and
+    the processes it starts would see it. This puts both back after every test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow.set_tracking_uri(None)
+    if before is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="session")
