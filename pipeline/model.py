@@ -158,11 +158,14 @@ class VAE(keras.Model):
         return cls(encoder, decoder, **config)
 
 
-def build_vae(model: Model, train: Train, seed: int) -> VAE:
-    """A compiled VAE for the given settings."""
+def build_vae(model: Model, train: Train, seed: int, learning_rate=None) -> VAE:
+    """A compiled VAE for the given settings; `learning_rate` (a number or a Keras schedule)
+    replaces `train.learning_rate`."""
     vae = VAE(build_encoder(model), build_decoder(model), seed=seed, name="vae")
     vae.compile(
-        optimizer=OPTIMIZERS[train.optimizer](learning_rate=train.learning_rate),
+        optimizer=OPTIMIZERS[train.optimizer](
+            learning_rate=train.learning_rate if learning_rate is None else learning_rate
+        ),
         steps_per_execution=train.steps_per_execution,
     )
     vae(keras.ops.zeros((1, IMAGE_SIDE, IMAGE_SIDE, 1)))  # build, so the model saves and loads whole

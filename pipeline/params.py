@@ -90,6 +90,23 @@ class Train(_Section):
     steps_per_execution: int = Field(50, ge=1)
     seed: int = Field(42, ge=0)  # initial weights, shuffling, sampling noise: a replicate changes only this
     threads: int = Field(0, ge=0, le=256)  # TensorFlow's threads; 0 = its default, one per core
+    # The two standard levers of time to quality, from Keras; the defaults leave both off.
+    schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    warmup_epochs: float = Field(0, ge=0)  # cosine: linear warm-up from 0 to learning_rate
+    final_lr_fraction: float = Field(0, ge=0, le=1)  # cosine: the last step's rate, a fraction of the peak
+    plateau_factor: float = Field(0.5, gt=0, lt=1)  # plateau: the rate is multiplied by this ...
+    plateau_patience: int = Field(2, ge=1)  # ... after this many epochs without a better val_loss
+    early_stopping: int = Field(0, ge=0)  # stop after this many epochs without a better val_loss; 0 = off
+
+    @model_validator(mode="after")
+    def _levers_fit(self) -> Train:
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError("train.warmup_epochs: only the cosine schedule warms up")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"train.warmup_epochs ({self.warmup_epochs:g}) must be below train.epochs ({self.epochs})"
+            )
+        return self
 
 
 class Evaluate(_Section):

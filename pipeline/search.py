@@ -148,7 +148,8 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, t
             callbacks=[callbacks.EpochMetrics(), *pruning],
             verbose=0,
         )
-        value = history[MONITOR][-1]
+        # With early stopping the model kept is the best epoch's, and so is the trial's value.
+        value = min(history[MONITOR]) if params.train.early_stopping else history[MONITOR][-1]
         if not math.isfinite(value):
             raise TrainingError(f"trial {trial.number}: {MONITOR} became {value}; training diverged")
         outcome["value"] = value

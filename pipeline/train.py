@@ -76,12 +76,17 @@ def main() -> None:
                 # Two checkpoints: a kill while one is being written leaves the other to resume from.
                 keras.callbacks.BackupAndRestore(str(BACKUP / "state"), double_checkpoint=True),
             ],
+            state_dir=BACKUP,
         )
         history = read_history(BACKUP / "history.csv")
         final = {name: values[-1] for name, values in history.items() if name != "epoch"}
         if not all(math.isfinite(v) for v in final.values()):
             raise TrainingError(f"training diverged: final metrics {final}; lower train.learning_rate")
         final = {"loss": final["loss"], "val_loss": final["val_loss"]}  # the rest is in history.csv
+        if params.train.early_stopping:  # the model kept is the best epoch's
+            best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
+            final = {"loss": history["loss"][best], "val_loss": history["val_loss"][best], "best_epoch": best}
+            runs.log_metrics({"best_epoch": best})
         save_vae(vae, MODEL)
         runs.record_model_hash(MODEL)
         for path in (HISTORY, METRICS):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -37,6 +39,105 @@ class StopOnSignal(keras.callbacks.Callback):
     on_test_batch_end = on_train_batch_end
 
 
+class LearningRateInLogs(keras.callbacks.Callback):
+    """Add the optimizer's learning rate at each epoch's end to the logs, so history and MLflow show it."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class LeverState(keras.callbacks.Callback):
+    """Carry Keras' plateau and early-stopping state across a kill, as the checkpoint carries the rest.
+
+    `BackupAndRestore` restores the weights, the optimizer (its step, so a cosine schedule goes on
+    where it stopped, and its learning rate, which the plateau callback lowers) and the epoch;
+    Keras resets the callbacks' own counters and best weights at every `fit`. After each epoch,
+    before the checkpoint, this writes them to `folder`; a resumed fit puts back those of the epoch
+    before the one it restarts at.
+    """
+
+    FIELDS = ("wait", "best", "best_epoch", "cooldown_counter")
+
+    def __init__(self, folder: Path, levers: Sequence[keras.callbacks.Callback]):
+        super().__init__()
+        self.folder, self.levers = folder, list(levers)
+        self.file = folder / "levers.json"
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.saved = json.loads(self.file.read_text()) if self.file.is_file() else {}
+        self.first = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.first:
+            return
+        self.first = False
+        for lever, state in zip(self.levers, self.saved.get(str(epoch - 1), []), strict=False):
+            for field, value in state.items():
+                setattr(lever, field, value)
+            if getattr(lever, "restore_best_weights", False) and lever.best is not None:
+                with np.load(self.folder / f"best-{lever.best_epoch}.npz") as weights:
+                    lever.best_weights = [weights[f"w{i}"] for i in range(len(weights.files))]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        states = [
+            {f: _plain(getattr(lever, f)) for f in self.FIELDS if hasattr(lever, f)} for lever in self.levers
+        ]
+        for lever in self.levers:
+            if getattr(lever, "best_weights", None) is not None and lever.best_epoch == epoch:
+                arrays = {f"w{i}": w for i, w in enumerate(lever.best_weights)}
+                np.savez(self.folder / f"best-{epoch}.npz", **arrays)
+        self.saved[str(epoch)] = states
+        partial = self.file.with_suffix(".partial")
+        partial.write_text(json.dumps(self.saved))
+        partial.replace(self.file)
+        # A resume starts after this epoch, or after one of the two before if a checkpoint broke.
+        recent = [s for e in range(epoch - 2, epoch + 1) for s in self.saved.get(str(e), [])]
+        keep = {f"best-{s['best_epoch']}.npz" for s in recent if "best_epoch" in s}
+        for old in self.folder.glob("best-*.npz"):
+            if old.name not in keep:
+                old.unlink()
+
+
+def _plain(value):
+    """A callback's counter as JSON holds it."""
+    return None if value is None else value.item() if hasattr(value, "item") else value
+
+
+def learning_rate(
+    train: Train, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's learning rate: a number, or Keras' cosine decay over the run's steps."""
+    if train.schedule != "cosine":
+        return train.learning_rate
+    warmup = round(train.warmup_epochs * steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else train.learning_rate,
+        decay_steps=train.epochs * steps_per_epoch - warmup,
+        alpha=train.final_lr_fraction,
+        warmup_target=train.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def levers(train: Train) -> list[keras.callbacks.Callback]:
+    """Keras' callbacks for the plateau schedule and for early stopping, as `train` asks."""
+    chosen: list[keras.callbacks.Callback] = []
+    if train.schedule == "plateau":
+        chosen.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=train.plateau_factor, patience=train.plateau_patience
+            )
+        )
+    if train.early_stopping:
+        chosen.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=train.early_stopping, restore_best_weights=True
+            )
+        )
+    return chosen
+
+
 def set_threads(threads: int) -> dict[str, str]:
     """Size TensorFlow's thread pools (0: its default) before its first op; return the sizes as tags."""
     if threads:
@@ -56,18 +157,29 @@ def fit_vae(
     train: Train,
     seed: int,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    state_dir: Path | None = None,
     verbose: int = 2,
 ) -> tuple[VAE, dict[str, list[float]]]:
-    """Train a fresh VAE on uint8 images; return it and its per-epoch history (train and `val_` metrics)."""
+    """Train a fresh VAE on uint8 images; return it and its per-epoch history (train and `val_` metrics).
+
+    `train`'s schedule and early stopping act here, before `callbacks` see each epoch (so the
+    learning rate reaches their logs); with `state_dir`, their state survives a kill there.
+    """
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same machine: same numbers
-    vae = build_vae(model, train, seed)
+    steps_per_epoch = math.ceil(len(train_images) / train.batch_size)
+    vae = build_vae(model, train, seed, learning_rate=learning_rate(train, steps_per_epoch))
+    chosen = levers(train)
+    if chosen and state_dir is not None:
+        chosen.append(LeverState(state_dir, chosen))
+    if train.schedule != "constant":  # the defaults' history keeps its columns
+        chosen.insert(0, LearningRateInLogs())
     history = vae.fit(
         batches(train_images, train.batch_size, shuffle_seed=seed),
         epochs=train.epochs,
         validation_data=batches(val_images, train.batch_size),
         shuffle=False,  # `batches` shuffles, seeded
-        callbacks=[DivergenceGuard(), StopOnSignal(), *callbacks],
+        callbacks=[DivergenceGuard(), StopOnSignal(), *chosen, *callbacks],
         verbose=verbose,
     )
     return vae, history.history

@@ -41,6 +41,12 @@ def test_exponent_without_dot_is_a_float(tmp_path):
         ({"plot": {"quantile_low": 0.9, "quantile_high": 0.1}}, "plot.quantile_low"),
         ({"tune": {"workers": 0}}, "tune.workers: must be auto or an integer from 1 to 64 (got 0)"),
         ({"tune": {"threads": "all"}}, "tune.threads: must be auto or an integer from 0 to 256 (got 'all')"),
+        ({"train": {"schedule": "step"}}, "train.schedule"),
+        ({"train": {"warmup_epochs": 1}}, "train.warmup_epochs: only the cosine schedule warms up"),
+        ({"train": {"schedule": "cosine", "warmup_epochs": 30}}, "train.warmup_epochs (30) must be below"),
+        ({"train": {"final_lr_fraction": 1.5}}, "train.final_lr_fraction"),
+        ({"train": {"plateau_factor": 1}}, "train.plateau_factor"),
+        ({"train": {"early_stopping": -1}}, "train.early_stopping"),
     ],
 )
 def test_bad_value_is_refused_naming_the_key(raw, key):

@@ -12,6 +12,8 @@ def grouped(name: str) -> str:
     MLflow's UI puts metrics that share a prefix before `/` in one section, so each
     quantity's train and validation curves sit side by side.
     """
+    if name == "learning_rate":  # the schedule's, one per epoch: neither split's
+        return name
     return f"{name[4:]}/val" if name.startswith("val_") else f"{name}/train"
 
 
