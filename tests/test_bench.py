@@ -77,3 +77,35 @@ def test_replicates_times_the_queue_in_every_setting(official_dir, tmp_path):
     for name in names:
         assert report["wall_s"][name] > 0 and name in result.stdout
     assert "2 replicates x 1 epochs on 500 images" in result.stdout
+
+
+def test_time_to_quality_scores_as_evaluate_and_names_a_preset(reproduced, tmp_path):
+    repo = reproduced("time_to_quality")  # the small project after `dvc repro`
+    figures = tmp_path / "ttq.json"
+    printed = run(
+        [sys.executable, "bench/time_to_quality.py", "--params", str(repo / "params.yaml"), "--only",
+         "--seeds", "42", "7", "--preset", "short=train.epochs=1",
+         "--preset", "cosine=train.schedule=cosine,train.learning_rate=0.003,train.early_stopping=1",
+         "--batch-sizes", "100", "250", "--json", str(figures)],
+        ROOT,
+    ).stdout  # fmt: skip
+    report = json.loads(figures.read_text())
+    recipes = report["recipes"]
+    # The defaults at seed 42 are the model `dvc repro` trained: the same test_loss as `evaluate`.
+    evaluated = json.loads((repo / "metrics/evaluate.json").read_text())["test_loss"]
+    assert recipes["defaults"]["test_loss"][0] == evaluated
+    assert recipes["defaults"]["test_loss"][1] != evaluated  # seed 7: another model
+    assert recipes["short"]["epochs_run"] == [1, 1]
+    assert set(report["images_per_s"]) == {"100", "250"}
+    for name, row in recipes.items():
+        assert f"{row['ratio']:.2f}x" in printed and name in printed
+        defaults = recipes["defaults"]["test_loss"]
+        assert row["qualifies"] == all(a <= b for a, b in zip(row["test_loss"], defaults, strict=True))
+    last = printed.strip().splitlines()[-1]
+    qualified = [name for name in ("short", "cosine") if recipes[name]["qualifies"]]
+    if qualified:
+        winner = max(qualified, key=lambda name: recipes[name]["ratio"])
+        overrides = report["presets"][winner]
+        assert last == "preset: dvc exp run " + " ".join(f"-S {k}={v}" for k, v in overrides.items())
+    else:
+        assert last == "preset: none was no worse than the defaults on every seed"
