@@ -4,11 +4,12 @@
     python bench/time_to_quality.py --seeds 42 43 44 --preset mine=train.epochs=8,train.batch_size=500
 
 On one prepared data set (the real `prepare` stage in a scratch copy of the project, with the
-project's `params.yaml` or `--params`), for each seed in turn, the defaults and every preset are trained one after the
-other (interleaved, so a slow minute of a shared machine hits one recipe, not all of one) with
-the `train` stage's own `fit_vae`, each in a fresh process, one at a time. Each model is then
-scored on the test set as `evaluate` scores it: `encode` and `elbo_parts`, drawing from a
-generator seeded with `base.seed`, so `test_loss` is the number `evaluate` would record.
+project's `params.yaml` or `--params`), for each seed in turn, the defaults and every preset are
+trained one after the other (interleaved, so a slow minute of a shared machine hits one recipe,
+not all of one) with the `train` stage's own `fit_vae`, each in a fresh process, one at a time.
+Each model is then scored on the test set as `evaluate` scores it: `encode` and `elbo_parts`,
+drawing from a generator seeded with `base.seed`, so `test_loss` is the number `evaluate` would
+record.
 
 Training time is the wall time of `fit_vae` (validation included; TensorFlow's start-up and the
 scoring are not). The ratio is the defaults' mean time over the preset's. A preset qualifies when
