@@ -92,7 +92,7 @@ class Train(_Section):
     threads: int = Field(0, ge=0, le=256)  # TensorFlow's threads; 0 = its default, one per core
     # The two standard levers of time to quality, from Keras; the defaults leave both off.
     schedule: Literal["constant", "cosine", "plateau"] = "constant"
-    warmup_epochs: float = Field(0, ge=0)  # cosine: linear warm-up from 0 to learning_rate
+    warmup_epochs: float = Field(0, ge=0)  # constant, cosine: linear warm-up from 0 to learning_rate
     final_lr_fraction: float = Field(0, ge=0, le=1)  # cosine: the last step's rate, a fraction of the peak
     plateau_factor: float = Field(0.5, gt=0, lt=1)  # plateau: the rate is multiplied by this ...
     plateau_patience: int = Field(2, ge=1)  # ... after this many epochs without a better val_loss
@@ -100,8 +100,10 @@ class Train(_Section):
 
     @model_validator(mode="after")
     def _levers_fit(self) -> Train:
-        if self.warmup_epochs and self.schedule != "cosine":
-            raise ValueError("train.warmup_epochs: only the cosine schedule warms up")
+        if self.warmup_epochs and self.schedule == "plateau":
+            raise ValueError("train.warmup_epochs: the plateau schedule does not warm up")
+        if self.final_lr_fraction and self.schedule != "cosine":
+            raise ValueError("train.final_lr_fraction: only the cosine schedule decays")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"train.warmup_epochs ({self.warmup_epochs:g}) must be below train.epochs ({self.epochs})"

@@ -107,14 +107,15 @@ def _plain(value):
 def learning_rate(
     train: Train, steps_per_epoch: int
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """The optimizer's learning rate: a number, or Keras' cosine decay over the run's steps."""
-    if train.schedule != "cosine":
-        return train.learning_rate
+    """The optimizer's learning rate: a number, or Keras' cosine decay (with its linear warm-up) over
+    the run's steps; a constant rate after a warm-up is a cosine that decays to itself (`alpha` 1)."""
     warmup = round(train.warmup_epochs * steps_per_epoch)
+    if train.schedule != "cosine" and not warmup:
+        return train.learning_rate
     return keras.optimizers.schedules.CosineDecay(
         0.0 if warmup else train.learning_rate,
         decay_steps=train.epochs * steps_per_epoch - warmup,
-        alpha=train.final_lr_fraction,
+        alpha=train.final_lr_fraction if train.schedule == "cosine" else 1.0,
         warmup_target=train.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
@@ -172,7 +173,7 @@ def fit_vae(
     chosen = levers(train)
     if chosen and state_dir is not None:
         chosen.append(LeverState(state_dir, chosen))
-    if train.schedule != "constant":  # the defaults' history keeps its columns
+    if train.schedule != "constant" or train.warmup_epochs:  # the defaults' history keeps its columns
         chosen.insert(0, LearningRateInLogs())
     history = vae.fit(
         batches(train_images, train.batch_size, shuffle_seed=seed),

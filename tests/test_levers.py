@@ -48,6 +48,11 @@ def test_cosine_warms_up_then_decays_to_its_floor(small_data):
     np.testing.assert_allclose(history["learning_rate"], expected, rtol=1e-5)
 
 
+def test_a_constant_rate_can_warm_up(small_data):
+    _, history = fit(small_data, epochs=3, learning_rate=0.004, warmup_epochs=1.5)
+    np.testing.assert_allclose(history["learning_rate"], [0.004 / 1.5, 0.004, 0.004], rtol=1e-5)
+
+
 def test_the_defaults_keep_a_constant_rate_and_their_history(small_data):
     _, history = fit(small_data, epochs=2)
     assert "learning_rate" not in history  # the defaults' history.csv keeps its columns
