@@ -23,6 +23,7 @@ from packaging.requirements import Requirement
 from ruamel.yaml import YAML
 
 from pipeline import data
+from pipeline.history import read_history
 from pipeline.model import load_vae, save_vae
 from pipeline.params import Model, Train
 from pipeline.tracking import runs
@@ -31,8 +32,9 @@ from pipeline.training import fit_vae
 from tests.helpers import ROOT, SMALL, journal_study, make_repo, overrides, run, store
 
 EXPERIMENT = "fashion-mnist-vae"
-# Long enough to be caught mid-training, short enough to finish quickly.
-RESUMABLE = {**SMALL, "train": {"epochs": 4}}
+# Long enough to be caught mid-training, short enough to finish quickly; with a schedule and early
+# stopping, whose state must survive the kill too.
+RESUMABLE = {**SMALL, "train": {"epochs": 4, "schedule": "cosine", "warmup_epochs": 1, "early_stopping": 3}}
 
 
 def all_runs(repo: Path) -> list:
@@ -92,11 +94,15 @@ def test_killed_training_resumes_into_the_same_run(reference, tmp_path, processe
     client = store(repo)
     resumed = client.get_run(run_id)
     assert resumed.info.status == "FINISHED" and resumed.data.tags["pipeline.resumed"] == "true"
-    for key in ("loss/train", "loss/val"):
+    for key in ("loss/train", "loss/val", "learning_rate"):
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert sorted(steps) == [0, 1, 2, 3]  # every epoch once
     assert not (repo / "checkpoints/train").exists()
     assert len((repo / "plots/history.csv").read_text().splitlines()) == 1 + 4
+    # The schedule went on from the restored optimizer step: the same rate at every epoch.
+    rates = [read_history(path / "plots/history.csv")["learning_rate"] for path in (repo, reference)]
+    assert rates[0] == rates[1] and rates[0][1] > rates[0][3]
+    assert resumed.data.params["train.schedule"] == "cosine"
 
     # Resuming restores weights, optimizer and epoch but not the shuffling order: close, not equal.
     expected = json.loads((reference / "metrics/train.json").read_text())
