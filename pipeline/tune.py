@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ruamel.yaml import YAML
 
 from pipeline.params import (
+    Dimension,
     Params,
     ParamsError,
     Tune,
@@ -89,7 +90,20 @@ def resolve_params(args: argparse.Namespace) -> tuple[dict[str, Any], Params]:
             overrides[f"tune.{option}"] = getattr(args, option)
     budget = parse_params(with_overrides(read_params(), overrides)).tune.overrides
     raw = with_overrides(read_params(), {**budget, **overrides})
-    return raw, parse_params(raw)
+    params = parse_params(raw)
+    check_space(raw, params.tune.space)
+    return raw, params
+
+
+def check_space(raw: dict[str, Any], space: dict[str, Dimension]) -> None:
+    """Stop before any trial if a searched value cannot run at the trials' budget (a warm-up as long
+    as the trial), rather than fail every trial that draws it."""
+    for key, dim in space.items():
+        for value in dim.choices if dim.choices is not None else (dim.low, dim.high):
+            try:
+                parse_params(with_overrides(raw, {key: value}))
+            except ParamsError as error:
+                raise ParamsError(f"tune.space: {key} = {value} at the trials' budget: {error}") from None
 
 
 def plan(tune: Tune, trials_left: int) -> tuple[int, int]:

@@ -295,7 +295,7 @@ def test_installed_versions_meet_the_security_floors():
 def test_four_workers_on_the_journal_record_every_trial_once(tmp_path, official_dir):
     repo = make_repo(tmp_path / "four", {})
     quick = overrides(
-        train__epochs=1, data__train_size=500, data__val_size=200, tune__pruner="none", tune__confirm_top=0
+        train__epochs=2, data__train_size=500, data__val_size=200, tune__pruner="none", tune__confirm_top=0
     )
     run(
         [
@@ -323,7 +323,7 @@ def test_four_workers_on_the_journal_record_every_trial_once(tmp_path, official_
 def test_fresh_store_started_by_several_processes_at_once(tmp_path, official_dir, processes):
     repo = make_repo(tmp_path / "race", {})
     quick = overrides(
-        train__epochs=1, data__train_size=300, data__val_size=100, tune__pruner="none", tune__confirm_top=0
+        train__epochs=2, data__train_size=300, data__val_size=100, tune__pruner="none", tune__confirm_top=0
     )
     command = ["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "race"]
     launchers = [processes(command, repo, **OUTPUT) for _ in range(3)]

@@ -163,6 +163,18 @@ def test_bad_space_is_refused_before_the_first_trial(repo):
         journal_study(repo, "bad")
 
 
+def test_a_searched_value_that_cannot_run_at_the_budget_stops_before_any_trial(repo):
+    # The default space searches a 1-epoch warm-up; a 1-epoch trial has no room for it.
+    result = tune(repo, "--study-name", "too-short", "-S", "train.epochs=1", check=False)
+    assert result.returncode == 2
+    assert (
+        "tune.space: train.warmup_epochs = 1 at the trials' budget: params.yaml: train: "
+        "train.warmup_epochs (1) must be below train.epochs (1)"
+    ) in result.stderr
+    with pytest.raises(KeyError):  # no study was made
+        journal_study(repo, "too-short")
+
+
 def assert_each_trial_once(repo: Path, study: optuna.Study, n_trials: int, n_workers: int) -> None:
     trials = finished(study)
     assert n_trials <= len(trials) < n_trials + n_workers  # each worker may start one more at the end
