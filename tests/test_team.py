@@ -23,9 +23,10 @@ from tests.helpers import ROOT, SMALL, free_port, make_repo, overrides, ran_stag
 
 pytestmark = pytest.mark.slow
 
-# No confirming trials: these tests count the searched ones.
+# No confirming trials: these tests count the searched ones. 2 epochs: the default space
+# searches a 1-epoch warm-up, which must be shorter than a trial.
 QUICK = overrides(
-    train__epochs=1, data__train_size=1000, data__val_size=500, tune__pruner="none", tune__confirm_top=0
+    train__epochs=2, data__train_size=1000, data__val_size=500, tune__pruner="none", tune__confirm_top=0
 )
 SENTINEL = "Sentinel-pw-5f1c9e"  # a password that must never be written or shown anywhere
 
