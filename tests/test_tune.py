@@ -377,7 +377,7 @@ def test_optuna_dashboard_reads_the_journal(repo, pages, artifacts):
 
 
 def test_tune_is_a_dvc_stage_outside_the_default_chain(tmp_path, official_dir):
-    budget = {"train.epochs": 1, "data.train_size": 1000, "data.val_size": 500}
+    budget = {"train.epochs": 2, "data.train_size": 1000, "data.val_size": 500}
     project = make_repo(
         tmp_path / "project",
         {"tune": {"n_trials": 2, "pruner": "none", "confirm_top": 0, "overrides": budget}},
