@@ -91,6 +91,9 @@ start() {
   if ! mlflow_alive; then
     local allowed=()
     [ -n "${TEAM_ALLOWED_HOSTS:-}" ] && allowed=(--allowed-hosts "$TEAM_ALLOWED_HOSTS")
+    # The pipeline runs no MLflow server jobs: without this, the server starts a job runner of
+    # seven consumer processes that take CPU from training.
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
     PGPASSFILE="$PGPASS" setsid "$PWD/.venv/bin/mlflow" server \
       --backend-store-uri "postgresql+psycopg2://mlflow@$TEAM_HOST:$TEAM_PG_PORT/mlflow" \
       --artifacts-destination "$TEAM_ARTIFACTS" \

@@ -33,6 +33,9 @@ def run_env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.update(
         DVC_NO_ANALYTICS="1",
+        # The MLflow servers the tests start run no server jobs, as scripts/team_server.sh's;
+        # otherwise each starts seven job-runner processes that compete with training.
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         TF_CPP_MIN_LOG_LEVEL="2",
         GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
         GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
