@@ -9,7 +9,6 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # the object API draws to files with no display or pyplot state
 from scipy.special import expit
-from sklearn.decomposition import PCA
 
 from pipeline import data
 from pipeline.figures import NAMES
@@ -43,6 +42,8 @@ def latent_scatter(mu: np.ndarray, labels: np.ndarray) -> Figure:
     elif mu.shape[1] == 2:
         points, axes, title = mu, ("z[0]", "z[1]"), "Test-set latent means"
     else:
+        from sklearn.decomposition import PCA  # imported only here: it takes seconds to import
+
         pca = PCA(n_components=2).fit(mu)
         points = pca.transform(mu)
         share = pca.explained_variance_ratio_ * 100

@@ -27,6 +27,11 @@ NOTICES = (
     r"^To enable the following instructions: .*rebuild TensorFlow",
 )
 NO_GPU = r"failed call to cuInit"  # an error where a driver is, a notice where none is
+# TensorFlow imports all of Keras' API, whose scikit-learn wrappers and image-gallery helper import
+# these optional packages when they are installed (`try: import ... except ImportError`). The
+# pipeline uses neither helper, so they are hidden while Keras loads; a stage that needs them
+# imports them itself, before or after, as usual.
+KERAS_OPTIONAL = ("sklearn", "matplotlib")
 
 # The filter: stdin to stdout, line by line, leaving out lines that match argv[1].
 FILTER = """\
@@ -60,12 +65,27 @@ def filtered_stderr(pattern: str) -> Iterator[None]:
             lines.stdin.close()  # the filter reads to the end, writes, exits: `with` waits for it
 
 
+@contextlib.contextmanager
+def hidden(packages: tuple[str, ...]) -> Iterator[None]:
+    """Make `import` of those of `packages` not yet imported raise ImportError for the block:
+    a None in `sys.modules` does that (Python's import system documents it)."""
+    absent = [name for name in packages if name not in sys.modules]
+    for name in absent:
+        sys.modules[name] = None
+    try:
+        yield
+    finally:
+        for name in absent:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+
+
 def start_tensorflow() -> None:
     """Import TensorFlow and probe its devices quietly; a no-op once TensorFlow is imported."""
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with filtered_stderr(notice_pattern(NVIDIA_DRIVER.exists())):
+    with filtered_stderr(notice_pattern(NVIDIA_DRIVER.exists())), hidden(KERAS_OPTIONAL):
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # the CUDA probe
