@@ -66,7 +66,7 @@ def test_sweep_speed_times_every_setting_on_the_same_study(official_dir, tmp_pat
 def test_replicates_times_the_queue_in_every_setting(official_dir, tmp_path):
     figures = tmp_path / "replicates.json"
     result = run(
-        [sys.executable, "bench/replicates.py", "--replicates", "2", "--epochs", "1", "--train-size", "500",
+        [sys.executable, "bench/replicates.py", "--replicates", "1", "--epochs", "1", "--train-size", "500",
          "--test-size", "200", "--json", str(figures)],
         ROOT,
     )  # fmt: skip
@@ -76,7 +76,7 @@ def test_replicates_times_the_queue_in_every_setting(official_dir, tmp_path):
     assert list(report["wall_s"]) == names
     for name in names:
         assert report["wall_s"][name] > 0 and name in result.stdout
-    assert "2 replicates x 1 epochs on 500 images" in result.stdout
+    assert "1 replicates x 1 epochs on 500 images" in result.stdout
 
 
 def test_time_to_quality_scores_as_evaluate_and_names_a_preset(reproduced, tmp_path):
@@ -109,3 +109,19 @@ def test_time_to_quality_scores_as_evaluate_and_names_a_preset(reproduced, tmp_p
         assert last == "preset: dvc exp run " + " ".join(f"-S {k}={v}" for k, v in overrides.items())
     else:
         assert last == "preset: none was no worse than the defaults on every seed"
+
+
+def test_stage_start_splits_the_start_and_compares_a_commit(tmp_path):
+    figures = tmp_path / "start.json"
+    printed = run(
+        [sys.executable, "bench/stage_start.py", "--repeat", "1", "--stages", "train", "--against", "HEAD",
+         "--json", str(figures)],
+        ROOT,
+    ).stdout  # fmt: skip
+    stages = json.loads(figures.read_text())["stages"]
+    assert set(stages) == {"HEAD train", "this checkout train"}
+    for row in stages.values():
+        parts = ("MLflow", "stage", "TensorFlow", "main's", "first op")
+        assert row["total"] == pytest.approx(sum(row[part] for part in parts))
+        assert 0 < row["Keras"] < row["TensorFlow"]  # imported by TensorFlow's import
+    assert "train: " in printed.splitlines()[-1] and printed.strip().endswith("x")
