@@ -24,7 +24,8 @@ from pipeline.params import load_params
 from pipeline.tracking.store import default_store_uri
 from tests.helpers import free_port, run, run_queue, serving, set_param, store
 
-pytestmark = pytest.mark.slow
+# One worker runs them all (pytest-xdist's loadgroup), so the module's project is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("compare")]
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,9 @@ def reference(reproduced) -> Path:
     return reproduced("resumable", RESUMABLE)
 
 
+# The tests of one module-scoped project run in one worker (pytest-xdist's loadgroup), which builds it once.
 @pytest.mark.slow
+@pytest.mark.xdist_group("faults-reference")
 def test_same_seed_gives_identical_losses_and_metrics(reference, tmp_path):
     again = make_repo(tmp_path / "again", RESUMABLE)
     run(["dvc", "repro"], again)
@@ -78,6 +80,7 @@ def test_same_seed_gives_identical_losses_and_metrics(reference, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("faults-reference")
 def test_killed_training_resumes_into_the_same_run(reference, tmp_path, processes):
     repo = make_repo(tmp_path / "killed", RESUMABLE)
     process = processes(["dvc", "repro"], repo, **OUTPUT)

@@ -17,7 +17,8 @@ from pipeline.params import config_id, load_params
 from pipeline.tracking.store import default_store_uri
 from tests.helpers import SMALL, free_port, make_repo, ran_stages, run, serving, set_param, store
 
-pytestmark = pytest.mark.slow
+# One worker runs them all (pytest-xdist's loadgroup), so the module's project is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 
 
 @pytest.fixture(scope="module")

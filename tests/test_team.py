@@ -21,7 +21,8 @@ import pytest
 from tests.components import require
 from tests.helpers import ROOT, SMALL, free_port, make_repo, overrides, ran_stages, run
 
-pytestmark = pytest.mark.slow
+# One worker runs them all (pytest-xdist's loadgroup), so the module's project is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team")]
 
 # No confirming trials: these tests count the searched ones. 2 epochs: the default space
 # searches a 1-epoch warm-up, which must be shorter than a trial.

@@ -26,7 +26,8 @@ from pipeline.tracking.store import default_store_uri
 from tests.components import POSTGRESQL, require
 from tests.helpers import free_port, journal_study, make_repo, overrides, run, serving
 
-pytestmark = pytest.mark.slow
+# One worker runs them all (pytest-xdist's loadgroup), so the module's project is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tune")]
 # A search small enough for seconds per trial: 1,000 images, 2 epochs; one worker, so that
 # trials run in order, unless a test asks for more; no confirming trials, unless a test asks.
 QUICK = overrides(
