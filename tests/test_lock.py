@@ -39,7 +39,8 @@ def test_setup_refuses_a_lock_that_pyproject_no_longer_matches(tmp_path):
     pyproject.write_text(pyproject.read_text().replace('"tqdm>=4.66"', '"tqdm>=4.67"'))
     result = run([str(UV), *SYNC, "--dry-run"], tmp_path, check=False)
     assert result.returncode != 0
-    assert "The lockfile at `uv.lock` needs to be updated, but `--locked` was provided" in result.stderr
+    printed = " ".join(result.stderr.split())  # uv wraps its message to a terminal's width
+    assert "The lockfile at `uv.lock` needs to be updated, but `--locked` was provided" in printed
     assert not (tmp_path / ".venv").exists()  # refused before installing anything
 
 
