@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
+import sys
 import tomllib
 
 from tests.components import UV, require
@@ -58,3 +59,20 @@ def test_the_environment_holds_exactly_the_locked_versions():
         if name in locked and version not in locked[name]
     }
     assert differ == {}, f"installed (left) differs from uv.lock (right): {differ}"
+
+
+def test_a_group_of_tests_runs_on_one_worker(tmp_path):
+    """scripts/test.sh's `--dist loadgroup` builds a module's project once only while pytest-xdist
+    keeps an `xdist_group` on one worker, which some pytest releases break without a word."""
+    (tmp_path / "test_grouped.py").write_text(
+        "import pytest\npytestmark = pytest.mark.xdist_group('one')\n"
+        + "".join(f"def test_{i}(): pass\n" for i in range(6))
+    )
+    printed = run(
+        [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider",
+         "test_grouped.py"],
+        tmp_path,
+    ).stdout  # fmt: skip
+    passed = [line.split() for line in printed.splitlines() if "PASSED" in line]
+    assert len(passed) == 6 and all(words[-1].endswith("@one") for words in passed), printed
+    assert len({words[0] for words in passed}) == 1, printed  # e.g. [gw0]
