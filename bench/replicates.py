@@ -61,18 +61,20 @@ def measure(clone: Path, jobs: int, threads: int, seeds: range, options: argpars
     return wall
 
 
-def make_clone(target: Path, options: argparse.Namespace) -> None:
-    """A clone of the last commit with the budget in params.yaml, committed, and its data prepared."""
+def make_clone(target: Path, settings: dict[str, object]) -> None:
+    """A clone of the last commit with `settings` (dotted keys; None leaves a key as it is) in
+    params.yaml, committed, and its data prepared."""
     from ruamel.yaml import YAML
 
     subprocess.run(["git", "clone", "-q", str(ROOT), str(target)], check=True)
     yaml = YAML()
     params = yaml.load(target / "params.yaml")
-    params["train"]["epochs"] = options.epochs
-    params["data"]["train_size"] = options.train_size
-    params["data"]["test_size"] = options.test_size
+    for key, value in settings.items():
+        section, name = key.split(".")
+        if value is not None:
+            params[section][name] = value
     yaml.dump(params, target / "params.yaml")
-    subprocess.run(["git", "commit", "-qam", "bench budget"], cwd=target, check=True)
+    subprocess.run(["git", "commit", "-qm", "bench budget", "--allow-empty", "-a"], cwd=target, check=True)
     dvc(["repro", "prepare"], target)
 
 
@@ -94,7 +96,9 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="replicates-") as scratch:
         clone = Path(scratch) / "project"
-        make_clone(clone, options)
+        budget = {"train.epochs": options.epochs, "data.train_size": options.train_size,
+                  "data.test_size": options.test_size}  # fmt: skip
+        make_clone(clone, budget)
         for i, (name, (jobs, threads)) in enumerate(chosen.items()):
             print(f"{name} ...", file=sys.stderr, flush=True)
             seeds = range(100 * (i + 1), 100 * (i + 1) + options.replicates)

@@ -125,3 +125,21 @@ def test_stage_start_splits_the_start_and_compares_a_commit(tmp_path):
         assert row["total"] == pytest.approx(sum(row[part] for part in parts))
         assert 0 < row["Keras"] < row["TensorFlow"]  # imported by TensorFlow's import
     assert "train: " in printed.splitlines()[-1] and printed.strip().endswith("x")
+
+
+def test_end_to_end_times_both_recipes_through_dvc(official_dir, tmp_path):
+    figures = tmp_path / "end_to_end.json"
+    printed = run(
+        [sys.executable, "bench/end_to_end.py", "--defaults", "train.epochs=2", "--preset", "train.epochs=1",
+         "--train-size", "500", "--test-size", "200", "--json", str(figures)],
+        ROOT,
+    ).stdout  # fmt: skip
+    report = json.loads(figures.read_text())
+    assert report["recipes"] == {"defaults": ["train.epochs=2"], "preset": ["train.epochs=1"]}
+    for name in ("defaults", "preset"):
+        (wall,) = report["wall_s"][name]
+        assert wall > 0 and f"{wall:.1f}" in printed
+    assert (
+        printed.strip().splitlines()[-1]
+        == f"preset end to end: {report['ratio']:.2f}x faster than the defaults (n = 1 each)"
+    )

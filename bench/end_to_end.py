@@ -1,0 +1,71 @@
+"""End to end through DVC: what a user waits for, the defaults against the time-to-quality preset.
+
+    python bench/end_to_end.py                 # one round on all the data (about 8 minutes)
+    python bench/end_to_end.py --rounds 3      # three, alternating which recipe goes first
+
+In a clone of this repository's last commit, with its own DVC cache and MLflow store and its
+data prepared once, each round runs `dvc exp run` of the defaults and `dvc exp run` with the
+preset's overrides, one after the other, and times each until DVC returns: train, evaluate and
+plot, with every stage's start, tracking and DVC's own work. Each round has a seed of its own
+(`train.seed`), so that DVC's run cache restores nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from replicates import dvc, make_clone  # bench/, beside this script
+
+# The README's preset (bench/time_to_quality.py chose it): a third of the defaults' epochs.
+PRESET = "train.epochs=9 train.learning_rate=0.012 train.schedule=cosine train.warmup_epochs=1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each recipe (default 1)")
+    parser.add_argument("--preset", default=PRESET, help=f"key=value overrides (default: {PRESET})")
+    parser.add_argument("--defaults", default="", help="overrides of the defaults too, e.g. for a quick look")
+    parser.add_argument("--train-size", type=int, default=None, help="training images (default: all)")
+    parser.add_argument("--test-size", type=int, default=None, help="test images (default: all 10,000)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    options = parser.parse_args()
+    recipes = {"defaults": options.defaults.split(), "preset": options.preset.split()}
+
+    walls: dict[str, list[float]] = {name: [] for name in recipes}
+    with tempfile.TemporaryDirectory(prefix="end-to-end-") as scratch:
+        clone = Path(scratch) / "project"
+        make_clone(clone, {"data.train_size": options.train_size, "data.test_size": options.test_size})
+        for round_ in range(options.rounds):
+            order = list(recipes) if round_ % 2 == 0 else list(reversed(recipes))
+            for name in order:
+                print(f"round {round_ + 1}: {name} ...", file=sys.stderr, flush=True)
+                overrides = [arg for kv in recipes[name] for arg in ("-S", kv)]
+                # `dvc exp run` leaves the last experiment's params in the workspace: start from the commit's.
+                subprocess.run(["git", "checkout", "-q", "--", "params.yaml"], cwd=clone, check=True)
+                start = time.perf_counter()
+                dvc(["exp", "run", "-S", f"train.seed={42 + round_}", *overrides], clone)
+                walls[name].append(time.perf_counter() - start)
+
+    images = f"{options.train_size:,}" if options.train_size else "all 55,000"
+    print(f"dvc exp run, train + evaluate + plot, on {images} images; {os.cpu_count()} cores")
+    print(f"{'recipe':<10} {'mean s':>8} {'sd s':>6}  each run")
+    for name, seconds in walls.items():
+        sd = f"{statistics.stdev(seconds):6.1f}" if len(seconds) > 1 else f"{'-':>6}"
+        runs = ", ".join(f"{s:.1f}" for s in seconds)
+        print(f"{name:<10} {statistics.fmean(seconds):8.1f} {sd}  {runs}")
+    ratio = statistics.fmean(walls["defaults"]) / statistics.fmean(walls["preset"])
+    print(f"preset end to end: {ratio:.2f}x faster than the defaults (n = {options.rounds} each)")
+    if options.json:
+        options.json.write_text(json.dumps({"recipes": recipes, "wall_s": walls, "ratio": ratio}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
