@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_train_speed_compares_the_baseline_with_the_stage(official_dir, tmp_path):
+    """Slow: three trainings in fresh processes (plain Keras, the stage, the stage untracked)."""
     figures = tmp_path / "speed.json"
     result = run(
         [sys.executable, "bench/train_speed.py", "--epochs", "2", "--train-size", "1000",
@@ -45,6 +46,8 @@ def test_startup_reports_every_stage(official_dir):
 
 
 def test_sweep_speed_times_every_setting_on_the_same_study(official_dir, tmp_path):
+    """Slow: three real sweeps, one per setting of workers and threads, each starting TensorFlow
+    in every worker."""
     figures = tmp_path / "sweep.json"
     result = run(
         [sys.executable, "bench/sweep_speed.py", "--trials", "2", "--epochs", "1", "--train-size", "500",
@@ -64,6 +67,8 @@ def test_sweep_speed_times_every_setting_on_the_same_study(official_dir, tmp_pat
 
 
 def test_replicates_times_the_queue_in_every_setting(official_dir, tmp_path):
+    """Slow: three real `dvc queue` runs, one replicate each (the least that times every setting),
+    each a whole pipeline of three TensorFlow processes."""
     figures = tmp_path / "replicates.json"
     result = run(
         [sys.executable, "bench/replicates.py", "--replicates", "1", "--epochs", "1", "--train-size", "500",
@@ -80,6 +85,8 @@ def test_replicates_times_the_queue_in_every_setting(official_dir, tmp_path):
 
 
 def test_time_to_quality_scores_as_evaluate_and_names_a_preset(reproduced, tmp_path):
+    """Slow: six trainings (three recipes on two seeds, the least that shows seeds differ and a
+    winner is picked) and a `dvc repro` whose `test_loss` the script must match."""
     repo = reproduced("time_to_quality")  # the small project after `dvc repro`
     figures = tmp_path / "ttq.json"
     printed = run(

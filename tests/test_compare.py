@@ -266,6 +266,7 @@ def test_every_training_run_records_its_environment_and_system_metrics(repo):
 
 
 def test_a_run_on_a_fresh_clone_is_clean_and_an_edit_makes_it_dirty(repo, tmp_path):
+    """Slow: two whole `dvc repro` runs in a fresh clone, which has no DVC cache to restore from."""
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     assert (clone / "dvc.lock").is_file() and (clone / "metrics/train.json").is_file()
@@ -323,6 +324,8 @@ def test_system_metrics_tab_shows_charts(repo, mlflow_ui, pages, artifacts):
 
 
 def test_replicates_queued_through_dvc_are_grouped_with_their_spread(repo, mlflow_ui, pages, artifacts):
+    """Slow: four pipelines through DVC's queue, two at a time (two more seeds of each of two
+    configurations, the README's commands), then the report and MLflow's UI in Chromium."""
     # The README's commands: two more seeds of each configuration, one thread each, two at a time.
     for latent in (2, 3):
         seeds = ["-S", "train.seed=range(1, 3)", "-S", f"model.latent_dim={latent}", "-S", "train.threads=1"]

@@ -343,6 +343,7 @@ def test_fresh_store_started_by_several_processes_at_once(tmp_path, official_dir
 
 @pytest.mark.slow
 def test_two_queue_workers_complete_both_runs(tmp_path, official_dir):
+    """Slow: two whole pipelines through `dvc queue start -j 2` in a new project."""
     repo = make_repo(tmp_path / "queue", {**SMALL, "train": {"epochs": 1}})
     for latent_dim in (3, 4):
         run(["dvc", "exp", "run", "--queue", "-S", f"model.latent_dim={latent_dim}"], repo)

@@ -143,6 +143,8 @@ def test_logged_models_are_named_and_carry_their_test_metrics(repo):
 
 
 def test_champion_alias_moves_only_to_a_better_configuration(repo, tmp_path):
+    """Slow: trains four more models through `dvc repro evaluate` (two seeds of the champion's own
+    configuration, a worse one and a better one), the least that moves the alias both ways."""
     client = store(repo)
     first = client.get_model_version(NAME, "1")
     assert first.tags["run_id"] == trained(repo)["run_id"]

@@ -203,6 +203,7 @@ def test_params_file_refuses_a_password(tmp_path, official_dir):
 def test_training_fails_in_one_line_when_the_server_goes_and_resumes_when_it_is_back(
     team, tmp_path, official_dir, processes
 ):
+    """Slow: trains until the server is killed, then again until it is back and the run ends."""
     repo = make_repo(tmp_path / "repo", {**SMALL, "train": {"epochs": 30}})
     env = as_team(team, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")  # fail at once, not after minutes of retries
     run(["python", "-m", "pipeline.prepare"], repo, env=env)

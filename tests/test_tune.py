@@ -139,6 +139,7 @@ def test_median_pruner_prunes_a_hopeless_trial(repo):
 
 
 def test_nan_trial_fails_and_the_study_goes_on(repo):
+    """Slow: a real sweep of two trials, one of which diverges."""
     space = "tune.space={model.latent_dim: {low: 2, high: 4}, train.learning_rate: {low: 1.0e-4, high: 10.0}}"
     enqueue(
         repo,
@@ -295,6 +296,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_once(repo, postg
 
 
 def test_sweep_confirms_its_best_trials_on_more_seeds(repo, tmp_path):
+    """Slow: a real sweep of three trials, then two confirming trials, each a training."""
     confirm = ["-S", "tune.pruner=none", "-S", "tune.confirm_top=2", "-S", "tune.confirm_seeds=1"]
     result = tune(repo, "--n-trials", "3", "--study-name", "cmp", *confirm)
     assert "tune: the 2 best trials again, on 1 more seeds each" in result.stdout
