@@ -29,8 +29,9 @@ NOTICES = (
 NO_GPU = r"failed call to cuInit"  # an error where a driver is, a notice where none is
 # TensorFlow imports all of Keras' API, whose scikit-learn wrappers and image-gallery helper import
 # these optional packages when they are installed (`try: import ... except ImportError`). The
-# pipeline uses neither helper, so they are hidden while Keras loads; a stage that needs them
-# imports them itself, before or after, as usual.
+# pipeline uses neither helper, so they are hidden while Keras loads: in a process started this
+# way those two Keras helpers act as if the packages were missing, while the packages
+# themselves import as usual, before or after (plot's figures, evaluate's k-NN).
 KERAS_OPTIONAL = ("sklearn", "matplotlib")
 
 # The filter: stdin to stdout, line by line, leaving out lines that match argv[1].

@@ -32,6 +32,18 @@ def test_a_runner_starts_tensorflow_quietly_and_importing_the_package_does_not()
     assert "oneDNN custom operations" in result.stderr
 
 
+def test_keras_loads_without_its_optional_packages_which_then_import_as_usual():
+    probe = (
+        "import sys\n"
+        "from pipeline.quiet import start_tensorflow\n"
+        "start_tensorflow()\n"
+        "print(sorted({'sklearn', 'matplotlib'} & set(sys.modules)))\n"  # hidden: nothing left behind
+        "import sklearn.decomposition, matplotlib.pyplot\n"
+        "print(sklearn.decomposition.PCA.__name__, matplotlib.pyplot.__name__)\n"
+    )
+    assert run([sys.executable, "-c", probe], ROOT).stdout.split("\n")[:2] == ["[]", "PCA matplotlib.pyplot"]
+
+
 def filtered(lines: list[bytes], gpu_driver: bool) -> str:
     """What reaches stderr when `lines` are written to fd 2 inside the filter."""
     probe = (
