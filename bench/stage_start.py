@@ -1,14 +1,17 @@
 """A stage's start, part by part: the interpreter, MLflow, the stage's own imports, TensorFlow
 (and the Keras it imports), the modules `main` imports, and the first TensorFlow op.
 
-    python bench/stage_start.py                      # this checkout, median of 3 fresh processes
+    python bench/stage_start.py                      # this checkout, median of 5 fresh processes
     python bench/stage_start.py --against 4bf8946    # and a commit's, side by side
 
 Each process imports what the stage imports, in the stage's order: `pipeline.<stage>` (MLflow
 first), then `start_tensorflow()` as `run_stage` does, then the modules `main` imports, then one
-op. With `--against`, the commit is checked out in a temporary git worktree and run with this
-environment; the two checkouts' processes alternate, so that both see the same machine.
-Keras' share is read from `python -X importtime` of the same process.
+op. With `--against`, the commit's files are extracted (`git archive`) into a temporary folder
+and run with this environment; the two checkouts' processes alternate, so that both see the
+same machine. Each part and the total are medians over the processes, so the parts need not
+add up to the total; the total's range is printed beside it. Keras' share is read from one
+more process per row, run under `python -X importtime` (which slows imports, so it is kept
+out of the timed ones).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ STAGE_MODULES = {
     "evaluate": ("pipeline.measures", "pipeline.model"),
     "plot": ("pipeline.model",),
 }  # fmt: skip
-PARTS = ("MLflow", "stage", "TensorFlow", "Keras", "main's", "first op", "total")
+PARTS = ("MLflow", "stage", "TensorFlow", "main's", "first op", "total")
 
 PROBE = """
 import importlib, json, sys, time
@@ -70,21 +73,26 @@ def importtime(stderr: str) -> dict[str, float]:
     return found
 
 
-def probe(checkout: Path, stage: str) -> dict[str, float]:
-    """One fresh process's parts, in seconds."""
+def probe(checkout: Path, stage: str, importtime_: bool = False) -> subprocess.CompletedProcess:
+    """Run the stage's probe in a fresh process; with `importtime_`, under `-X importtime`."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    args = [sys.executable, "-X", "importtime", "-c", PROBE, stage, ",".join(STAGE_MODULES[stage])]
+    flags = ["-X", "importtime"] if importtime_ else []
+    args = [sys.executable, *flags, "-c", PROBE, stage, ",".join(STAGE_MODULES[stage])]
     result = subprocess.run(args, cwd=checkout, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"error: the {stage} probe in {checkout} exited {result.returncode}:\n"
                          f"{result.stderr[-2000:]}")  # fmt: skip
+    return result
+
+
+def parts(checkout: Path, stage: str) -> dict[str, float]:
+    """One fresh process's parts, in seconds."""
+    result = probe(checkout, stage)
     mlflow, stage_imports, tensorflow, modules, first_op = json.loads(result.stdout.splitlines()[-1])
-    imported = importtime(result.stderr)
     return {
         "MLflow": mlflow,
         "stage": stage_imports,
         "TensorFlow": tensorflow,
-        "Keras": imported.get("keras", 0.0),
         "main's": modules,
         "first op": first_op,
         "total": mlflow + stage_imports + tensorflow + modules + first_op,
@@ -100,7 +108,7 @@ def interpreter() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="processes per figure (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="processes per figure (default 5)")
     parser.add_argument("--against", metavar="COMMIT", help="also measure this commit, side by side")
     parser.add_argument("--stages", nargs="+", default=list(STAGE_MODULES), choices=list(STAGE_MODULES))
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -109,33 +117,43 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stage-start-") as scratch:
         checkouts = {"this checkout": ROOT}
         if options.against:
-            worktree = Path(scratch) / "against"
-            subprocess.run(["git", "worktree", "add", "-q", "--detach", str(worktree), options.against],
-                           cwd=ROOT, check=True)  # fmt: skip
-            checkouts = {options.against: worktree, **checkouts}
-        try:
-            runs = {(name, stage): [] for name in checkouts for stage in options.stages}
-            for _ in range(options.repeat):
-                for stage in options.stages:
-                    for name, checkout in checkouts.items():
-                        runs[name, stage].append(probe(checkout, stage))
-        finally:
-            if options.against:
-                subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
+            files = Path(scratch) / "against"
+            files.mkdir()
+            archive = subprocess.run(
+                ["git", "archive", options.against], cwd=ROOT, capture_output=True, check=True
+            )
+            subprocess.run(["tar", "-x", "-C", str(files)], input=archive.stdout, check=True)
+            checkouts = {options.against: files, **checkouts}
+        runs = {(name, stage): [] for name in checkouts for stage in options.stages}
+        for _ in range(options.repeat):
+            for stage in options.stages:
+                for name, checkout in checkouts.items():
+                    runs[name, stage].append(parts(checkout, stage))
+        keras = {key: importtime(probe(checkouts[key[0]], key[1], importtime_=True).stderr).get("keras", 0.0)
+                 for key in runs}  # fmt: skip
     start = statistics.median(interpreter() for _ in range(options.repeat))
 
-    figures = {
-        f"{name} {stage}": {part: statistics.median(r[part] for r in samples) for part in PARTS}
-        for (name, stage), samples in runs.items()
-    }
+    figures = {}
+    for (name, stage), samples in runs.items():
+        row = {part: statistics.median(r[part] for r in samples) for part in PARTS}
+        totals = [r["total"] for r in samples]
+        figures[f"{name} {stage}"] = {**row, "total_min": min(totals), "total_max": max(totals),
+                                      "Keras": keras[name, stage]}  # fmt: skip
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")  # fmt: skip
     print(f"stage start, seconds, median of {options.repeat} fresh processes; {os.cpu_count()} cores, {cpu}")
-    print(f"interpreter: {start:.2f} s. stage: its imports beyond MLflow. Keras: its share of TensorFlow's")
-    print("import (python -X importtime). main's: what `main` imports. total: MLflow to the first op.")
-    print(f"{'':<26}" + "".join(f"{part:>13}" for part in PARTS))
+    print(f"interpreter: {start:.2f} s. stage: its imports beyond MLflow. main's: what `main` imports.")
+    print("total: MLflow to the first op, and its range. Keras: its share of TensorFlow's import, from")
+    print("one more process under python -X importtime (slower than the timed ones).")
+    columns = (*PARTS, "range", "Keras")
+    print(f"{'':<26}" + "".join(f"{part:>12}" for part in columns))
     for label, row in figures.items():
-        print(f"{label:<26}" + "".join(f"{row[part]:13.2f}" for part in PARTS))
+        spread = f"{row['total_min']:.2f}..{row['total_max']:.2f}"
+        print(
+            f"{label:<26}"
+            + "".join(f"{row[part]:12.2f}" for part in PARTS)
+            + f"{spread:>12}{row['Keras']:12.2f}"
+        )
     if options.against:
         for stage in options.stages:
             before = figures[f"{options.against} {stage}"]["total"]
