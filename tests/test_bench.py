@@ -67,11 +67,11 @@ def test_sweep_speed_times_every_setting_on_the_same_study(official_dir, tmp_pat
 
 
 def test_replicates_times_the_queue_in_every_setting(official_dir, tmp_path):
-    """Slow: three real `dvc queue` runs, one replicate each (the least that times every setting),
+    """Slow: three real `dvc queue` runs of two replicates each (the least that runs two at once),
     each a whole pipeline of three TensorFlow processes."""
     figures = tmp_path / "replicates.json"
     result = run(
-        [sys.executable, "bench/replicates.py", "--replicates", "1", "--epochs", "1", "--train-size", "500",
+        [sys.executable, "bench/replicates.py", "--replicates", "2", "--epochs", "1", "--train-size", "500",
          "--test-size", "200", "--json", str(figures)],
         ROOT,
     )  # fmt: skip
@@ -81,7 +81,7 @@ def test_replicates_times_the_queue_in_every_setting(official_dir, tmp_path):
     assert list(report["wall_s"]) == names
     for name in names:
         assert report["wall_s"][name] > 0 and name in result.stdout
-    assert "1 replicates x 1 epochs on 500 images" in result.stdout
+    assert "2 replicates x 1 epochs on 500 images" in result.stdout
 
 
 def test_time_to_quality_scores_as_evaluate_and_names_a_preset(reproduced, tmp_path):
