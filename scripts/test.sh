@@ -3,7 +3,7 @@
 # The sweep tests start a real PostgreSQL server on loopback; the comparison tests drive
 # Debian's Chromium headless.
 SETUP_APT_PACKAGES="postgresql chromium" source "$(dirname "$0")/setup.sh"
-# Two workers or more (pytest-xdist), one per core up to four: much of a test's time is a stage's
+# One worker per core, at most four (pytest-xdist): much of a test's time is a stage's
 # single-threaded start or a wait on a server, which the other worker fills. Tests that share a
 # module's project carry one xdist_group and run in one worker. `-n 0` runs them in this process.
 python -m pytest --numprocesses auto --maxprocesses 4 --dist loadgroup "$@"
