@@ -58,12 +58,17 @@ def run(
 
 
 def store(repo: Path):
-    """The MLflow client of a project copy's own store."""
+    """The MLflow client of a project copy's own store; its first query waits, as the stages do,
+    for a process that may be creating the store's tables at that moment."""
     import mlflow
 
-    from pipeline.tracking.store import default_store_uri
+    from pipeline.tracking.store import STORE_DIR, creation_lock, default_store_uri
 
-    return mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
+    client = mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
+    if (repo / STORE_DIR).is_dir():
+        with creation_lock(repo):
+            client.search_experiments(max_results=1)
+    return client
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
 from optuna.distributions import IntDistribution
@@ -22,9 +21,8 @@ from optuna.storages.journal import JournalFileBackend
 
 from pipeline import environment
 from pipeline.figures import FIGURES
-from pipeline.tracking.store import default_store_uri
 from tests.components import POSTGRESQL, require
-from tests.helpers import free_port, journal_study, make_repo, overrides, run, serving
+from tests.helpers import free_port, journal_study, make_repo, overrides, run, serving, store
 
 # One worker runs them all (pytest-xdist's loadgroup), so the module's project is built once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tune")]
@@ -41,7 +39,7 @@ def tune(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 
 def child_runs(repo: Path, study: optuna.Study) -> list:
-    client = mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
+    client = store(repo)
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     runs = client.search_runs([parent.info.experiment_id], max_results=1000)
     return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -62,7 +60,7 @@ def test_search_tracks_every_trial_and_resumes(repo):
 
     study = journal_study(repo, "main")
     assert len(finished(study)) == 3
-    client = mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
+    client = store(repo)
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 3
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}

@@ -38,6 +38,12 @@ def default_store_uri(root: Path) -> str:
     return f"sqlite:///{root / STORE_DIR / 'mlflow.db'}"
 
 
+def creation_lock(root: Path) -> FileLock:
+    """Held by whoever may be the first to open the local store: the first creates its tables,
+    and two creating them at once collide (`table ... already exists`)."""
+    return FileLock(root / STORE_DIR / ".init.lock")
+
+
 def is_server(uri: str) -> bool:
     """Whether a tracking URI names a tracking server, rather than a local store."""
     return uri.startswith(("http://", "https://"))
@@ -113,7 +119,7 @@ def configure(experiment: str, root: Path | None = None) -> str:
         (root / STORE_DIR).mkdir(exist_ok=True)
         mlflow.set_tracking_uri(default_store_uri(root))
         # Processes starting at once on a fresh store: one creates its tables and the experiment.
-        with FileLock(root / STORE_DIR / ".init.lock"):
+        with creation_lock(root):
             experiment_id = _experiment_id(experiment, (root / STORE_DIR / "artifacts").as_uri())
     mark_dead_runs(experiment_id)
     return experiment_id
