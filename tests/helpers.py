@@ -58,17 +58,16 @@ def run(
 
 
 def store(repo: Path):
-    """The MLflow client of a project copy's own store; its first query waits, as the stages do,
-    for a process that may be creating the store's tables at that moment."""
+    """The MLflow client of a project copy's own store, opened as the stages open it: after any
+    process that is creating the store's tables at that moment."""
     import mlflow
 
     from pipeline.tracking.store import STORE_DIR, creation_lock, default_store_uri
 
-    client = mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
-    if (repo / STORE_DIR).is_dir():
-        with creation_lock(repo):
-            client.search_experiments(max_results=1)
-    return client
+    if not (repo / STORE_DIR).is_dir():
+        return mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
+    with creation_lock(repo):  # the client opens the store, and creates its tables, at once
+        return mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
 
 
 @contextlib.contextmanager

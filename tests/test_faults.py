@@ -43,6 +43,16 @@ def all_runs(repo: Path) -> list:
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
+def journal_trials(repo: Path, study_name: str) -> int:
+    """Trials begun in a study of the project copy's journal; 0 before the study exists."""
+    if not (repo / "optuna/journal.log").is_file():
+        return 0
+    try:
+        return len(journal_study(repo, study_name).trials)
+    except KeyError:  # the journal holds no such study yet
+        return 0
+
+
 OUTPUT = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}  # one stream, read at the end
 
 
@@ -371,6 +381,8 @@ def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir, p
     process = processes(
         ["python", "-m", "pipeline.tune", *quick, "--n-trials", "2", "--study-name", "term"], repo, **OUTPUT
     )
+    # The study's journal first: the store is opened only once the sweep has made it and begun a trial.
+    wait_for(lambda: journal_trials(repo, "term") > 0, "a trial in the journal", process)
     wait_for(lambda: any("optuna.trial_number" in r.data.tags for r in all_runs(repo)), "a trial", process)
     time.sleep(3)
     # More signals while the first one's clean-up runs (the launcher also sends its workers one):
@@ -410,6 +422,8 @@ def test_a_stuck_worker_is_killed_after_the_stop_timeout_and_its_trial_failed(
     process = processes(
         ["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "stuck"], repo, **OUTPUT
     )
+    # The study's journal first: the store is opened only once the sweep has made it and begun a trial.
+    wait_for(lambda: journal_trials(repo, "term") > 0, "a trial in the journal", process)
     wait_for(lambda: any("optuna.trial_number" in r.data.tags for r in all_runs(repo)), "a trial", process)
     children = psutil.Process(process.pid).children()
     (worker,) = [p for p in children if "resource_tracker" not in " ".join(p.cmdline())]
