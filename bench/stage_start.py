@@ -145,14 +145,13 @@ def main() -> None:
     print(f"interpreter: {start:.2f} s. stage: its imports beyond MLflow. main's: what `main` imports.")
     print("total: MLflow to the first op, and its range. Keras: its share of TensorFlow's import, from")
     print("one more process under python -X importtime (slower than the timed ones).")
-    columns = (*PARTS, "range", "Keras")
-    print(f"{'':<26}" + "".join(f"{part:>12}" for part in columns))
+    print(f"{'':<26}" + "".join(f"{part:>12}" for part in PARTS) + f"{'range':>14}{'Keras':>8}")
     for label, row in figures.items():
         spread = f"{row['total_min']:.2f}..{row['total_max']:.2f}"
         print(
             f"{label:<26}"
             + "".join(f"{row[part]:12.2f}" for part in PARTS)
-            + f"{spread:>12}{row['Keras']:12.2f}"
+            + f"{spread:>14}{row['Keras']:8.2f}"
         )
     if options.against:
         for stage in options.stages:
