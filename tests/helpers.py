@@ -64,8 +64,7 @@ def store(repo: Path):
 
     from pipeline.tracking.store import STORE_DIR, creation_lock, default_store_uri
 
-    if not (repo / STORE_DIR).is_dir():
-        return mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
+    (repo / STORE_DIR).mkdir(exist_ok=True)  # as `store.configure` does, for the lock file
     with creation_lock(repo):  # the client opens the store, and creates its tables, at once
         return mlflow.MlflowClient(tracking_uri=default_store_uri(repo))
 

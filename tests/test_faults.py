@@ -423,7 +423,7 @@ def test_a_stuck_worker_is_killed_after_the_stop_timeout_and_its_trial_failed(
         ["python", "-m", "pipeline.tune", *quick, "--n-trials", "1", "--study-name", "stuck"], repo, **OUTPUT
     )
     # The study's journal first: the store is opened only once the sweep has made it and begun a trial.
-    wait_for(lambda: journal_trials(repo, "term") > 0, "a trial in the journal", process)
+    wait_for(lambda: journal_trials(repo, "stuck") > 0, "a trial in the journal", process)
     wait_for(lambda: any("optuna.trial_number" in r.data.tags for r in all_runs(repo)), "a trial", process)
     children = psutil.Process(process.pid).children()
     (worker,) = [p for p in children if "resource_tracker" not in " ".join(p.cmdline())]
