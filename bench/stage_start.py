@@ -57,20 +57,17 @@ print(json.dumps([b - a for a, b in zip(marks, marks[1:])]))
 """
 
 
-def importtime(stderr: str) -> dict[str, float]:
-    """Cumulative import seconds of `keras`, with all it imports."""
-    found: dict[str, float] = {}
+def keras_seconds(stderr: str) -> float:
+    """Keras' cumulative import seconds in `python -X importtime` output: its widest `keras` or
+    `keras.*` entry, since its own `__init__` starts by importing `keras._tf_keras`."""
+    seconds = 0.0
     for line in stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
             _, cumulative, name = line.removeprefix("import time:").split("|")
             name = name.strip()
-            if not cumulative.strip().isdigit():  # the header
-                continue
-            # Keras' own __init__ starts with `keras._tf_keras`, so its widest entry stands for it.
-            key = "keras" if name == "keras" or name.startswith("keras.") else name
-            if key == "keras":
-                found[key] = max(found.get(key, 0.0), int(cumulative) / 1e6)
-    return found
+            if cumulative.strip().isdigit() and (name == "keras" or name.startswith("keras.")):
+                seconds = max(seconds, int(cumulative) / 1e6)
+    return seconds
 
 
 def probe(checkout: Path, stage: str, importtime_: bool = False) -> subprocess.CompletedProcess:
@@ -129,8 +126,10 @@ def main() -> None:
             for stage in options.stages:
                 for name, checkout in checkouts.items():
                     runs[name, stage].append(parts(checkout, stage))
-        keras = {key: importtime(probe(checkouts[key[0]], key[1], importtime_=True).stderr).get("keras", 0.0)
-                 for key in runs}  # fmt: skip
+        keras = {
+            (name, stage): keras_seconds(probe(checkouts[name], stage, importtime_=True).stderr)
+            for name, stage in runs
+        }
     start = statistics.median(interpreter() for _ in range(options.repeat))
 
     figures = {}
