@@ -36,7 +36,7 @@ from pipeline.environment import PREFIX
 from pipeline.figures import FIGURES
 from pipeline.params import PipelineError, load_params
 from pipeline.stage import run_stage
-from pipeline.tracking import queries, registry, store
+from pipeline.tracking import queries, registry, runs, store
 
 REPORT = Path("reports/compare.html")
 REDRAWN = "loss_curves.png"  # each run's own loss curves: the report draws them anew, overlaid
@@ -58,6 +58,7 @@ class RunView:
     run_id: str
     name: str
     config: str  # the `pipeline.config_id` tag: replicates share it
+    code: str  # the `pipeline.code_digest` tag: the code that shaped its numbers ("" before the tag)
     kind: str  # "trained model" or "sweep trial"
     description: str
     params: dict[str, str]
@@ -82,6 +83,7 @@ def collect(run) -> RunView:
         run_id=run_id,
         name=run.info.run_name,
         config=tags.get(queries.CONFIG_TAG) or run_id,  # runs before the tag: each its own
+        code=tags.get(runs.CODE_TAG, ""),
         kind="sweep trial" if "optuna.trial_number" in tags else "trained model",
         description=tags.get("mlflow.note.content", ""),
         params=dict(run.data.params),
@@ -266,6 +268,13 @@ def summary_lines(groups: list[Group]) -> list[str]:
             if cell is not None:
                 parts.append(f"{key} {cell}" + (f" ({cell.low:.4g}..{cell.high:.4g})" if cell.n > 1 else ""))
         lines.append("; ".join(parts))
+    for group in groups:
+        codes = sorted({run.code for run in group.runs if run.code})
+        if len(codes) > 1:
+            lines.append(
+                f"{group.name} [{group.config[:12]}]: its runs come from {len(codes)} versions of the code "
+                f"that shapes the numbers ({', '.join(codes)}), so its spread includes their difference"
+            )
     for key in SUMMARY:
         best, why = verdict(key, [group.values(key) for group in groups])
         if best is not None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -308,17 +306,6 @@ def read_params(path: Path | str | None = None) -> Any:
 def load_params(path: Path | str | None = None) -> Params:
     """Read and validate `params.yaml` (default: the one at the repository root)."""
     return parse_params(read_params(path))
-
-
-# What does not change the model a run trains or the metrics it gets: left out of its
-# configuration id, so that replicates (runs that differ only in `train.seed`) share one.
-NOT_CONFIGURATION = ("train.seed", "train.threads", "base.tracking.", "plot.", "tune.")
-
-
-def config_id(params: Params) -> str:
-    """A short digest of the params that shape a run's model and metrics, the training seed aside."""
-    shaping = {k: v for k, v in flatten(params).items() if not k.startswith(NOT_CONFIGURATION)}
-    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def flatten(params: Params) -> dict[str, Any]:

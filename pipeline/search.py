@@ -23,6 +23,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from pipeline.configuration import config_id
 from pipeline.params import Data, Dimension, Params, Tune, parse_params, with_overrides
 from pipeline.quiet import start_tensorflow
 from pipeline.stage import catch_sigterm
@@ -114,11 +115,12 @@ def suggest(trial: optuna.Trial, space: dict[str, Dimension]) -> dict[str, Any]:
 
 @functools.cache
 def load_images(data_params: Data, seed: int):
-    """Train and validation images (uint8) for a data config, loaded once per worker."""
+    """Train and validation images (uint8) for a data config, and the digest of its splits (as
+    `prepare` writes it), loaded once per worker."""
     from pipeline import data
 
     _, splits = data.load_splits(data_params, seed=seed)
-    return splits["train"].images, splits["val"].images
+    return splits["train"].images, splits["val"].images, data.digest(splits)
 
 
 def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, tags: dict[str, str]) -> float:
@@ -134,10 +136,15 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, t
         values[SEED] = trial.user_attrs[SEED]
         tags = {**tags, "optuna.replicate_of": str(replicate_of)}
     params = parse_params(with_overrides(raw, values))
-    train_images, val_images = load_images(params.data, params.base.seed)
+    train_images, val_images, data_digest = load_images(params.data, params.base.seed)
     pruning = [] if replicate_of is not None else [KerasPruningCallback(trial, MONITOR)]
     with sweep_runs.trial_run(
-        params, parent_run_id=parent_run_id, trial_number=trial.number, tags=tags
+        params,
+        config=config_id(params, data_digest),
+        data_digest=data_digest,
+        parent_run_id=parent_run_id,
+        trial_number=trial.number,
+        tags=tags,
     ) as outcome:
         _, history = fit_vae(
             train_images,

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from pipeline import data
+from pipeline.configuration import config_id
 from pipeline.history import read_history, write_history
 from pipeline.params import Params, flatten, load_params
 from pipeline.paths import HISTORY, MODEL, PREPARED, SUMMARY
@@ -54,7 +55,10 @@ def main() -> None:
     key = training_key(params, summary["digest"])
     resume_run_id = run_to_resume(key)
 
-    with runs.training_run(params, resume_run_id=resume_run_id, tags=thread_tags) as run:
+    config = config_id(params, summary["digest"])
+    with runs.training_run(
+        params, config=config, data_digest=summary["digest"], resume_run_id=resume_run_id, tags=thread_tags
+    ) as run:
         BACKUP.mkdir(parents=True, exist_ok=True)
         (BACKUP / "run.json").write_text(json.dumps({"key": key, "run_id": run.info.run_id}) + "\n")
         if resume_run_id is None:
@@ -93,7 +97,7 @@ def main() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         write_history(history, HISTORY)
         METRICS.write_text(json.dumps(final, indent=2) + "\n")
-        model = logged_model.log_and_register(inference_model(vae), params)
+        model = logged_model.log_and_register(inference_model(vae), params, config)
         runs.write_run_file(run, model)
     shutil.rmtree(BACKUP)
     print(

@@ -4,6 +4,7 @@ servers, free ports, the small real config."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -191,3 +192,12 @@ def run_queue(repo: Path, jobs: int, timeout: float = 1200) -> list[str]:
             return statuses
         assert time.monotonic() < deadline, f"the queue is still running after {timeout} s"
         time.sleep(5)
+
+
+def config_of(repo: Path) -> str:
+    """The configuration id of the project's params and prepared data, as `train` tags its run."""
+    from pipeline.configuration import config_id
+    from pipeline.params import load_params
+
+    digest = json.loads((repo / "data/prepared/summary.json").read_text())["digest"]
+    return config_id(load_params(repo / "params.yaml"), digest)

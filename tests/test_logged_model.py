@@ -15,9 +15,9 @@ from keras import ops
 
 from pipeline import data
 from pipeline.model import load_vae
-from pipeline.params import config_id, load_params
+from pipeline.params import load_params
 from pipeline.tracking.store import default_store_uri
-from tests.helpers import ROOT, free_port, run, serving, set_param, store
+from tests.helpers import ROOT, config_of, free_port, run, serving, set_param, store
 
 # One worker runs them all (pytest-xdist's loadgroup), so the module's project is built once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("logged_model")]
@@ -130,7 +130,7 @@ def test_logged_models_are_named_and_carry_their_test_metrics(repo):
     client = store(repo)
     model = client.get_logged_model(trained(repo)["model_id"])
     params = load_params(repo / "params.yaml")
-    assert model.name == f"vae-latent2-seed{params.train.seed}-{config_id(params)}"
+    assert model.name == f"vae-latent2-seed{params.train.seed}-{config_of(repo)}"
     assert model.params["model.latent_dim"] == "2" and model.params["train.seed"] == str(params.train.seed)
     metrics = {m.key: m.value for m in model.metrics}
     evaluated = json.loads((repo / "metrics/evaluate.json").read_text())
@@ -149,7 +149,7 @@ def test_champion_alias_moves_only_to_a_better_configuration(repo, tmp_path):
     first = client.get_model_version(NAME, "1")
     assert first.tags["run_id"] == trained(repo)["run_id"]
     assert first.tags["git.commit"] == run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
-    assert first.tags["config_id"] == config_id(load_params(repo / "params.yaml"))
+    assert first.tags["config_id"] == config_of(repo)
     assert float(first.tags["test_loss"]) == pytest.approx(
         json.loads((repo / "metrics/evaluate.json").read_text())["test_loss"]
     )

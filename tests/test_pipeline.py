@@ -13,9 +13,8 @@ import pytest
 
 from pipeline import data
 from pipeline.figures import NAMES as FIGURES
-from pipeline.params import config_id, load_params
 from pipeline.tracking.store import default_store_uri
-from tests.helpers import SMALL, free_port, make_repo, ran_stages, run, serving, set_param, store
+from tests.helpers import SMALL, config_of, free_port, make_repo, ran_stages, run, serving, set_param, store
 
 # One worker runs them all (pytest-xdist's loadgroup), so the module's project is built once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
@@ -74,7 +73,7 @@ def test_mlflow_run_holds_all_four_stages(repo):
         history = store(repo).get_metric_history(tracked.info.run_id, key)
         assert sorted(m.step for m in history) == [0, 1]
     assert tracked.info.run_name == "latent 2, lr 0.001, seed 42"
-    assert tracked.data.tags["pipeline.config_id"] == config_id(load_params(repo / "params.yaml"))
+    assert tracked.data.tags["pipeline.config_id"] == config_of(repo)
     description = tracked.data.tags["mlflow.note.content"]
     assert "Latent dim 2; nadam at learning rate 0.001, batch 100, 2 epochs on 2,000 training" in description
     evaluated = json.loads((repo / "metrics/evaluate.json").read_text())

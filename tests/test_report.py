@@ -7,7 +7,16 @@ import pytest
 from matplotlib.figure import Figure
 from scipy.stats import ttest_ind
 
-from pipeline.compare import RunView, figure_png, group_runs, param_rows, render, spread, verdict
+from pipeline.compare import (
+    RunView,
+    figure_png,
+    group_runs,
+    param_rows,
+    render,
+    spread,
+    summary_lines,
+    verdict,
+)
 
 
 def small_png() -> bytes:
@@ -16,11 +25,14 @@ def small_png() -> bytes:
     return figure_png(fig)
 
 
-def view(name: str, latent_dim: int, test_loss: float, *, seed: int = 42, figures: bool = True) -> RunView:
+def view(
+    name: str, latent_dim: int, test_loss: float, *, seed: int = 42, figures: bool = True, code: str = "c0de"
+) -> RunView:
     return RunView(
         run_id=f"{latent_dim:016d}{seed:016d}",
         name=f"{name}, seed {seed}",
         config=f"config-{latent_dim}",
+        code=code,
         kind="trained model" if figures else "sweep trial",
         description="`dvc exp run` at commit `abc`",
         params={
@@ -122,3 +134,10 @@ def test_runs_without_an_environment_say_so():
     html = render(group_runs([view("a", 2, 263.0), view("b", 16, 242.0)]), title="t")
     assert '<table id="environment">' not in html
     assert "None of these runs recorded its environment" in html
+
+
+def test_a_configuration_whose_runs_come_from_different_code_says_so():
+    runs = [view("a", 2, 263.0), view("a", 2, 264.0, seed=1, code="beef"), view("b", 16, 242.0)]
+    lines = summary_lines(group_runs(runs))
+    assert any(line.startswith("a [config-2]: its runs come from 2 versions of the code") for line in lines)
+    assert not any(line.startswith("b [") and "versions of the code" in line for line in lines)

@@ -21,7 +21,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
 from pipeline.environment import git_state
-from pipeline.params import Params, config_id
+from pipeline.params import Params
 from pipeline.tracking import registry, vae_pyfunc
 
 # The model needs no more than these; `fashion-vae-pipeline` is not on PyPI and not needed.
@@ -77,10 +77,10 @@ def save_model(path: str, mlflow_model: Model, *, keras_model, pip_requirements:
     mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
-def model_name(params: Params) -> str:
+def model_name(params: Params, config: str) -> str:
     """The LoggedModel's name, which tells models apart in the experiment's Models tab:
     latent dim, training seed and configuration id (MLflow allows no `.` in it, so no learning rate)."""
-    return f"vae-latent{params.model.latent_dim}-seed{params.train.seed}-{config_id(params)}"
+    return f"vae-latent{params.model.latent_dim}-seed{params.train.seed}-{config}"
 
 
 def log_model(keras_model, name: str, registered_model_name: str | None = None) -> ModelInfo:
@@ -95,17 +95,17 @@ def log_model(keras_model, name: str, registered_model_name: str | None = None) 
     )
 
 
-def log_and_register(keras_model, params: Params) -> dict[str, str]:
+def log_and_register(keras_model, params: Params, config: str) -> dict[str, str]:
     """Log into the active run (MLflow copies the run's params to the logged model) as a new version
     of the registered model; tag the version with its run, commit and configuration; return what
     was made."""
     registered_model = params.base.tracking.registered_model
-    info = log_model(keras_model, model_name(params), registered_model_name=registered_model)
+    info = log_model(keras_model, model_name(params, config), registered_model_name=registered_model)
     version = str(info.registered_model_version)
     git = git_state(Path.cwd())
     tags = {
         "run_id": info.run_id,
-        registry.CONFIG: config_id(params),
+        registry.CONFIG: config,
         **{k: git[k] for k in ("git.commit", "git.dirty") if k in git},
     }
     registry.tag_version(registered_model, version, tags)

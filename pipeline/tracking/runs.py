@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from pipeline.configuration import code_digest, config_id, from_logged
 from pipeline.environment import LOCK, environment_tags, file_sha256, git_state
-from pipeline.params import Params, config_id, flatten
+from pipeline.params import Params, flatten
 from pipeline.paths import RUN_FILE
 from pipeline.redact import redact_text, redact_values
 from pipeline.tracking.store import TrackingError, configure, owner_tags, server_gone, store_uri
@@ -54,6 +56,13 @@ def honest_status() -> Iterator[None]:
 
 
 CONFIG_TAG = "pipeline.config_id"  # shared by replicates: the UI's runs list groups by it
+DATA_TAG = "pipeline.data_digest"  # the prepared data's digest, which the configuration id holds
+CODE_TAG = "pipeline.code_digest"  # the code that shapes the numbers: `configuration.code_digest`
+
+
+def configuration_tags(config: str, data_digest: str) -> dict[str, str]:
+    """What groups a run with its replicates, and what it was computed from."""
+    return {CONFIG_TAG: config, DATA_TAG: data_digest[:16], CODE_TAG: code_digest()}
 
 
 def run_name(params: Params, exp_name: str | None = None) -> str:
@@ -63,7 +72,7 @@ def run_name(params: Params, exp_name: str | None = None) -> str:
     return f"{settings} · {exp_name}" if exp_name else settings
 
 
-def run_description(params: Params, how: str, git: dict[str, str]) -> str:
+def run_description(params: Params, how: str, git: dict[str, str], config: str) -> str:
     """The run's description (MLflow's `mlflow.note.content`), in Markdown."""
     commit = git.get("git.commit", "")[:10]
     where = f" at commit `{commit}`" + (
@@ -76,15 +85,21 @@ def run_description(params: Params, how: str, git: dict[str, str]) -> str:
         f"Latent dim {model.latent_dim}; {train.optimizer} at learning rate {train.learning_rate:g}, "
         f"batch {train.batch_size}, {train.epochs} epochs on {images} training images; "
         f"training seed {train.seed}, split seed {params.base.seed}; "
-        f"configuration `{config_id(params)}` (tag `{CONFIG_TAG}`)."
+        f"configuration `{config}` (tag `{CONFIG_TAG}`)."
     )
 
 
 @contextlib.contextmanager
 def training_run(
-    params: Params, resume_run_id: str | None = None, tags: dict[str, str] | None = None
+    params: Params,
+    *,
+    config: str,
+    data_digest: str,
+    resume_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """A run for one trained model, new or (given its id) continued after an interruption.
+    """A run for one trained model, new or (given its id) continued after an interruption;
+    `config` is its `configuration.config_id`.
 
     Ends FINISHED on success, FAILED on an error and KILLED on an interrupt.
     """
@@ -103,8 +118,8 @@ def training_run(
             **environment_tags(),
             **owner_tags(),
             "pipeline.stage": "train",
-            CONFIG_TAG: config_id(params),
-            "mlflow.note.content": run_description(params, how, git),
+            **configuration_tags(config, data_digest),
+            "mlflow.note.content": run_description(params, how, git, config),
         }
         if exp_name:
             run_tags["dvc.exp_name"] = exp_name
@@ -224,3 +239,46 @@ def log_metrics(metrics: dict[str, float], model_id: str | None = None) -> None:
 def log_figure(figure, name: str) -> None:
     """A matplotlib figure as a run artifact under `figures/`."""
     mlflow.log_figure(figure, f"figures/{name}")
+
+
+def retag_runs(experiment_id: str, registered_model: str) -> Counter:
+    """Set every trained model's and trial's configuration tag from its logged params and data
+    digest, as `configuration.config_id` computes it now, and its registered versions' likewise;
+    return counts of what was done."""
+    client = mlflow.MlflowClient()
+    done: Counter = Counter()
+    configs = {}
+    for run in _all_runs(client, experiment_id):
+        tags = run.data.tags
+        if tags.get("pipeline.stage") not in ("train", "trial"):
+            continue
+        inputs = run.inputs.dataset_inputs if run.inputs else []
+        digest = tags.get(DATA_TAG) or next((i.dataset.digest for i in inputs), None)
+        if digest is None:
+            done["runs without a data digest, left as they were"] += 1
+            continue
+        config = config_id(from_logged(run.data.params), digest)
+        configs[run.info.run_id] = config
+        if tags.get(CONFIG_TAG) == config and tags.get(DATA_TAG) == digest:
+            done["runs already current"] += 1
+            continue
+        client.set_tag(run.info.run_id, CONFIG_TAG, config)
+        client.set_tag(run.info.run_id, DATA_TAG, digest)
+        done["runs re-tagged"] += 1
+    for version in client.search_model_versions(f"name = '{registered_model}'"):
+        config = configs.get(version.tags.get("run_id") or version.run_id)
+        if config is not None and version.tags.get("config_id") != config:
+            client.set_model_version_tag(registered_model, str(version.version), "config_id", config)
+            done["model versions re-tagged"] += 1
+    return done
+
+
+def _all_runs(client: mlflow.MlflowClient, experiment_id: str) -> Iterator[mlflow.entities.Run]:
+    """Every run of an experiment, page by page."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return

@@ -11,9 +11,16 @@ from typing import Any
 import mlflow
 
 from pipeline.environment import environment_tags, git_state
-from pipeline.params import Params, config_id
+from pipeline.params import Params
 from pipeline.redact import redact
-from pipeline.tracking.runs import CONFIG_TAG, log_lock, loggable, run_description, run_name, watch_system
+from pipeline.tracking.runs import (
+    configuration_tags,
+    log_lock,
+    loggable,
+    run_description,
+    run_name,
+    watch_system,
+)
 from pipeline.tracking.store import configure, mark_dead_runs, owner_tags
 
 # Optuna trial states as MLflow run statuses: a pruned trial was stopped on purpose.
@@ -66,7 +73,13 @@ def end_study_run(run_id: str, *, summary: dict[str, Any], figures: dict[str, An
 
 @contextlib.contextmanager
 def trial_run(
-    params: Params, *, parent_run_id: str, trial_number: int, tags: dict[str, str]
+    params: Params,
+    *,
+    config: str,
+    data_digest: str,
+    parent_run_id: str,
+    trial_number: int,
+    tags: dict[str, str],
 ) -> Iterator[dict[str, Any]]:
     """A child run for one Optuna trial with the full effective params and the worker's `tags`.
 
@@ -82,8 +95,8 @@ def trial_run(
         "mlflow.parentRunId": parent_run_id,
         "optuna.trial_number": str(trial_number),
         "pipeline.stage": "trial",
-        CONFIG_TAG: config_id(params),
-        "mlflow.note.content": run_description(params, f"Optuna trial {trial_number}", {}),
+        **configuration_tags(config, data_digest),
+        "mlflow.note.content": run_description(params, f"Optuna trial {trial_number}", {}, config),
         **owner_tags(),
     }
     outcome: dict[str, Any] = {}
