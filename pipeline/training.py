@@ -99,6 +99,25 @@ class LeverState(keras.callbacks.Callback):
                 old.unlink()
 
 
+class ResumedDataOrder(keras.callbacks.Callback):
+    """A resumed fit draws each epoch's batches in the order an uninterrupted fit would have.
+
+    `batches` reshuffles on every pass over the data set, from its seed and the number of passes
+    so far; a resumed fit's data set is new, so it would start again from the first epoch's
+    order. Before the first epoch, this makes the passes of the epochs already done, which reads
+    no data. It must come after `BackupAndRestore`, which sets the epoch to resume from on the
+    model (`_initial_epoch`: Keras offers no public way to read it).
+    """
+
+    def __init__(self, dataset: tf.data.Dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        for _ in range(getattr(self.model, "_initial_epoch", None) or 0):
+            iter(self.dataset)
+
+
 def _plain(value):
     """A callback's counter as JSON holds it."""
     return None if value is None else value.item() if hasattr(value, "item") else value
@@ -175,12 +194,13 @@ def fit_vae(
         chosen.append(LeverState(state_dir, chosen))
     if train.schedule != "constant" or train.warmup_epochs:  # the defaults' history keeps its columns
         chosen.insert(0, LearningRateInLogs())
+    shuffled = batches(train_images, train.batch_size, shuffle_seed=seed)
     history = vae.fit(
-        batches(train_images, train.batch_size, shuffle_seed=seed),
+        shuffled,
         epochs=train.epochs,
         validation_data=batches(val_images, train.batch_size),
         shuffle=False,  # `batches` shuffles, seeded
-        callbacks=[DivergenceGuard(), StopOnSignal(), *chosen, *callbacks],
+        callbacks=[DivergenceGuard(), StopOnSignal(), *chosen, *callbacks, ResumedDataOrder(shuffled)],
         verbose=verbose,
     )
     return vae, history.history

@@ -117,10 +117,9 @@ def test_killed_training_resumes_into_the_same_run(reference, tmp_path, processe
     assert rates[0] == rates[1] and rates[0][1] > rates[0][3]
     assert resumed.data.params["train.schedule"] == "cosine"
 
-    # Resuming restores weights, optimizer and epoch but not the shuffling order: close, not equal.
-    expected = json.loads((reference / "metrics/train.json").read_text())
-    got = json.loads((repo / "metrics/train.json").read_text())
-    assert got["val_loss"] == pytest.approx(expected["val_loss"], rel=0.02)
+    # Weights, optimizer, epoch and each epoch's data order: the numbers of a run never killed.
+    for name in ("plots/history.csv", "metrics/train.json", "metrics/evaluate.json"):
+        assert (repo / name).read_text() == (reference / name).read_text(), name
 
 
 @pytest.mark.slow
