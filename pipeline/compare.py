@@ -1,14 +1,15 @@
 """Compare runs side by side in one self-contained HTML report, logged to MLflow.
 
     python -m pipeline.compare RUN_ID_OR_DVC_EXP [...]   # the runs named
-    python -m pipeline.compare --best 3                  # the 3 configurations with the lowest mean test_loss
+    python -m pipeline.compare --best 3                  # the 3 configurations with the lowest mean val_loss
     python -m pipeline.compare --study vae-search        # that study's 4 best trials (--best N to change)
 
 MLflow's UI compares params and metric curves but cannot put two runs' images side by
 side; this report holds both, with every image embedded, so it opens with no network.
 Runs that differ only in their training seed are replicates of one configuration: the
 report shows each configuration's n, mean, standard deviation and range, and calls one
-best only when Welch's t-test says its difference to the next is larger than the noise.
+best only when Welch's t-test on the primary metric (validation loss) says its difference
+to the next is larger than the noise; other metrics' p values are adjusted for their number.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy.stats import ttest_ind
 
+from pipeline import configuration, selection
 from pipeline.environment import PREFIX
 from pipeline.figures import FIGURES
 from pipeline.params import PipelineError, load_params
@@ -41,14 +43,19 @@ from pipeline.tracking import queries, registry, runs, store
 REPORT = Path("reports/compare.html")
 REDRAWN = "loss_curves.png"  # each run's own loss curves: the report draws them anew, overlaid
 CURVES = ("loss", "reconstruction", "kl")
-HIGHER_IS_BETTER = ("knn_accuracy", "active_units")
-# KL is a cost traded against reconstruction, so no run's KL is "best".
-NO_BEST = ("test_kl", "kl/train", "kl/val", "kl", "val_kl")  # the last two: runs before grouping
-SYSTEM = "system/"  # MLflow's system metrics: what the machine did, not how good a model is
 STUDY_TRIALS = 4
 PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
-ALPHA = 0.05  # Welch's t-test: a difference is real when p is below this
-SUMMARY = ("test_loss", "test_iw_nll", "active_units", "objective_val_loss")  # printed, where present
+ALPHA = 0.05  # Welch's t-test: a difference is shown when p (adjusted, off the primary row) is below this
+# The metric a comparison is decided on: the first that every configuration has. Validation
+# first, as configurations are chosen; test_loss for runs from before validation was logged.
+PRIMARY = (selection.SELECT_BY, selection.TRIAL_SELECT_BY, selection.REPORTED)
+SUMMARY = (
+    "val_loss",
+    "objective_val_loss",
+    "test_loss",
+    "test_iw_nll",
+    "active_units",
+)  # printed, where present
 
 
 @dataclass
@@ -127,11 +134,7 @@ class Group:
 
     config: str
     runs: list[RunView]
-
-    @property
-    def name(self) -> str:
-        """The first run's name without its seed or DVC experiment, e.g. `latent 16, lr 0.001`."""
-        return re.sub(r", seed \d+", "", self.runs[0].name).split(" · ")[0]
+    name: str = ""  # what sets it apart from the others compared: see `group_runs`
 
     def values(self, key: str) -> list[float]:
         """The finite values of a metric over the runs."""
@@ -139,11 +142,23 @@ class Group:
 
 
 def group_runs(runs: list[RunView]) -> list[Group]:
-    """Runs by configuration, in the order each configuration first appears."""
+    """Runs by configuration, in the order each configuration first appears, each named by every
+    setting in which the configurations differ (`latent_dim 16, schedule cosine`). A single
+    configuration, or one that differs only in its data or code, takes its first run's name
+    without the seed."""
     groups: dict[str, Group] = {}
     for run in runs:
         groups.setdefault(run.config, Group(run.config, [])).runs.append(run)
-    return list(groups.values())
+    found = list(groups.values())
+    settings = [
+        {k: v for k, v in group.runs[0].params.items() if not k.startswith(configuration.NO_EFFECT)}
+        for group in found
+    ]
+    keys = sorted({k for params in settings for k in params if len({p.get(k) for p in settings}) > 1})
+    for group, params in zip(found, settings, strict=True):
+        named = ", ".join(f"{key.rsplit('.', 1)[-1]} {params.get(key, '—')}" for key in keys)
+        group.name = named or re.sub(r", seed \d+", "", group.runs[0].name).split(" · ")[0]
+    return found
 
 
 @dataclass
@@ -170,25 +185,63 @@ def spread(values: list[float]) -> Spread | None:
     return Spread(len(values), statistics.fmean(values), sd, min(values), max(values))
 
 
-def verdict(key: str, samples: list[list[float]]) -> tuple[int | None, str]:
-    """Which group is best at a metric, and why: (index, "") when Welch's t-test puts its
-    difference to the runner-up beyond the noise (p < ALPHA); otherwise (None, the reason)."""
+def welch(key: str, samples: list[list[float]]) -> tuple[int | None, float | None, str]:
+    """The configuration with the best mean at a metric, the p of Welch's t-test between it and
+    the runner-up, and why there is no test where there is none. No best where the metric has no
+    better side (`selection.direction`) or fewer than two configurations have it."""
     present = [(statistics.fmean(v), i) for i, v in enumerate(samples) if v]
-    if key in NO_BEST or key.startswith(SYSTEM) or len(present) < 2:
-        return None, ""
-    present.sort(reverse=key in HIGHER_IS_BETTER)
+    better = selection.direction(key)
+    if better is None or len(present) < 2:
+        return None, None, ""
+    present.sort(reverse=better == "higher")
     (_, best), (_, second) = present[:2]
     a, b = samples[best], samples[second]
     if len(a) < 2 or len(b) < 2:
-        return None, "no test: n = 1"
+        return best, None, "no test: n = 1"
+    if statistics.stdev(a) == 0 and statistics.stdev(b) == 0:
+        return best, None, "no test: no spread"
     with warnings.catch_warnings():  # nearly equal samples (a system metric) warn of lost precision
         warnings.simplefilter("ignore", RuntimeWarning)
-        p = ttest_ind(a, b, equal_var=False).pvalue
-    if not math.isfinite(p):  # no spread in either: any difference is real, none is not
-        return (best, "p = 0") if a[0] != b[0] else (None, "within noise: identical")
-    if p < ALPHA:
-        return best, f"p = {p:.2g}"
-    return None, f"within noise: p = {p:.2g}"
+        return best, float(ttest_ind(a, b, equal_var=False).pvalue), ""
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: the family-wise error rate of m tests held at the level each
+    adjusted p is compared with. (statsmodels' `multipletests(method="holm")`, in five lines.)"""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdicts(keys: list[str], groups: list[Group]) -> dict[str, tuple[int | None, str]]:
+    """For each metric, the configuration marked best (or None) and the row's verdict.
+
+    One primary metric (`PRIMARY`) carries the comparison at p < ALPHA. Every other metric with a
+    better side is tested too, but its p is adjusted for the number of them (`holm`), so that
+    among twenty rows none is "shown" by chance more than one time in twenty.
+    """
+    primary = next((key for key in PRIMARY if all(group.values(key) for group in groups)), None)
+    tested = {key: welch(key, [group.values(key) for group in groups]) for key in keys}
+    others = [key for key, (_, p, _) in tested.items() if p is not None and key != primary]
+    adjusted = dict(zip(others, holm([tested[k][1] for k in others]), strict=True))
+    result = {}
+    for key, (best, p, why) in tested.items():
+        if p is None:
+            result[key] = (None, why)
+            continue
+        shown = (
+            f"p = {p:.2g}" if key == primary else f"p = {adjusted[key]:.2g}, adjusted over {len(others)} rows"
+        )
+        if key == primary:
+            shown = f"primary: {shown}"
+        if (p if key == primary else adjusted[key]) < ALPHA:
+            result[key] = (best, shown)
+        else:
+            result[key] = (None, f"not shown to differ ({shown})")
+    return result
 
 
 def band_curves(groups: list[Group]) -> Figure:
@@ -243,16 +296,22 @@ def param_rows(groups: list[Group], attribute: str = "params") -> tuple[list[dic
 
 
 def metric_rows(groups: list[Group]) -> tuple[list[dict], list[dict]]:
-    """Metrics as rows `{key, cells, best, verdict}`, one cell (a `Spread`) per configuration:
-    the main ones (test, then the final epoch's), and per class."""
+    """Metrics as rows `{key, better, cells, best, verdict}`, one cell (a `Spread`) per
+    configuration: the main ones (test, then the final epoch's), and per class."""
     keys = sorted(
         {key for group in groups for run in group.runs for key in run.metrics}, key=lambda k: ("/" in k, k)
     )
-    rows = []
-    for key in keys:
-        samples = [group.values(key) for group in groups]
-        best, why = verdict(key, samples)
-        rows.append({"key": key, "cells": [spread(v) for v in samples], "best": best, "verdict": why})
+    decided = verdicts(keys, groups)
+    rows = [
+        {
+            "key": key,
+            "better": selection.direction(key) or "—",
+            "cells": [spread(group.values(key)) for group in groups],
+            "best": decided[key][0],
+            "verdict": decided[key][1],
+        }
+        for key in keys
+    ]
     per_class = [row for row in rows if row["key"].startswith(PER_CLASS)]
     return [row for row in rows if row not in per_class], per_class
 
@@ -275,8 +334,10 @@ def summary_lines(groups: list[Group]) -> list[str]:
                 f"{group.name} [{group.config[:12]}]: its runs come from {len(codes)} versions of the code "
                 f"that shapes the numbers ({', '.join(codes)}), so its spread includes their difference"
             )
+    keys = sorted({key for group in groups for run in group.runs for key in run.metrics})
+    decided = verdicts(keys, groups)
     for key in SUMMARY:
-        best, why = verdict(key, [group.values(key) for group in groups])
+        best, why = decided.get(key, (None, ""))
         if best is not None:
             lines.append(f"best {key}: {groups[best].name} ({why})")
         elif why:
@@ -328,7 +389,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="*", metavar="RUN", help="MLflow run ids or DVC experiment names")
     parser.add_argument(
-        "--best", type=int, metavar="N", help="the N configurations with the lowest mean test_loss"
+        "--best",
+        type=int,
+        metavar="N",
+        help="the N configurations with the lowest mean val_loss (test_loss is reported)",
     )
     parser.add_argument("--study", metavar="NAME", help=f"an Optuna study's best trials ({STUDY_TRIALS})")
     parser.add_argument("--output", type=Path, default=REPORT, help=f"the HTML file (default {REPORT})")
@@ -354,7 +418,7 @@ def select(args: argparse.Namespace, experiment_id: str) -> tuple[list, str]:
     runs = queries.best_configurations(experiment_id, args.best)
     if not runs:
         raise PipelineError("no finished trained model in the MLflow store; run `dvc repro` first")
-    return runs, f"the {args.best} configurations with the lowest mean test_loss"
+    return runs, f"the {args.best} configurations with the lowest mean val_loss"
 
 
 def plural(n: int, noun: str) -> str:

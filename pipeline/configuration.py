@@ -61,6 +61,16 @@ def config_id(params: Params, data_digest: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
+def protocol(params: Params, data_digest: str) -> str:
+    """A 12-digit digest of how a model is evaluated: the data (its test set among them), the
+    evaluation settings and the seed of evaluation's draws. Only versions evaluated alike compete."""
+    evaluation = {k: v for k, v in flatten(params).items() if k.startswith("evaluate.")}
+    canonical = json.dumps(
+        {"data": data_digest[:16], "evaluate": evaluation, "seed": params.base.seed}, sort_keys=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
 def code_digest() -> str:
     """A 12-digit digest of the modules in `CODE`, as this checkout has them."""
     sha = hashlib.sha256()

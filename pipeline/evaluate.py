@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import data
+from pipeline.configuration import protocol
 from pipeline.params import flatten, load_params
 from pipeline.paths import MODEL, PREPARED
 from pipeline.stage import run_stage
@@ -23,16 +24,19 @@ def class_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def rank_in_registry(test_loss: float, margin: float) -> str:
-    """Tag the trained model's registered version with its test_loss; say whether it is the champion."""
+def rank_in_registry(test_loss: float, protocol: str, margin: float) -> str:
+    """Tag the trained model's registered version with its test_loss and protocol; say where the
+    champion alias is now."""
     model = runs.read_run_file()
     if "model_version" not in model:  # trained before models were registered
         return ""
     name, version = model["registered_model"], model["model_version"]
-    champion, why = registry.record_test_loss(name, version, test_loss, margin)
-    if champion:
+    holder, why = registry.record_evaluation(
+        name, version, test_loss=test_loss, protocol=protocol, margin=margin
+    )
+    if holder == version:
         return f"; {name} version {version} is the {registry.CHAMPION} ({why})"
-    return f"; the {registry.CHAMPION} stays ahead of {name} version {version}: {why}"
+    return f"; the {registry.CHAMPION} is {name} version {holder}, not version {version}: {why}"
 
 
 def main() -> None:
@@ -82,7 +86,8 @@ def main() -> None:
         }
         runs.log_metrics(metrics, model_id=runs.read_run_file().get("model_id"))
         runs.log_metrics(per_class)
-        standing = rank_in_registry(metrics["test_loss"], params.base.tracking.champion_margin)
+        evaluated_as = protocol(params, data.digest(splits))
+        standing = rank_in_registry(metrics["test_loss"], evaluated_as, params.base.tracking.champion_margin)
     print(
         f"evaluate: test_loss {metrics['test_loss']:.3f} nats, "
         f"IW NLL {metrics['test_iw_nll']:.3f}{standing}\n"

@@ -23,6 +23,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from pipeline import selection
 from pipeline.configuration import config_id
 from pipeline.params import Data, Dimension, Params, Tune, parse_params, with_overrides
 from pipeline.quiet import start_tensorflow
@@ -133,6 +134,10 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, t
     values = suggest(trial, parse_params(raw).tune.space)
     replicate_of = trial.user_attrs.get(REPLICATE_OF)
     if replicate_of is not None:  # a confirming trial: the same values, another seed, never pruned
+        earlier = duplicate_of(trial.study, trial)
+        if earlier is not None:
+            trial.set_user_attr("duplicate_of", earlier)
+            raise optuna.TrialPruned(f"trial {earlier} runs this configuration and seed")
         values[SEED] = trial.user_attrs[SEED]
         tags = {**tags, "optuna.replicate_of": str(replicate_of)}
     params = parse_params(with_overrides(raw, values))
@@ -284,13 +289,33 @@ def fail_trials(study: optuna.Study, numbers: list[int]) -> None:
             study.tell(number, state=TrialState.FAIL)
 
 
-def configurations(study: optuna.Study) -> dict[int, list[optuna.trial.FrozenTrial]]:
-    """Complete trials by the trial they repeat (a searched trial repeats itself)."""
-    groups: dict[int, list[optuna.trial.FrozenTrial]] = {}
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    for trial in sorted(complete, key=lambda t: t.number):
-        groups.setdefault(trial.user_attrs.get(REPLICATE_OF, trial.number), []).append(trial)
-    return groups
+def configurations(study: optuna.Study) -> dict[int, list[float]]:
+    """`selection.sweep_groups` of the study: by searched trial, its value, then its confirming
+    seeds' (NaN for one that failed)."""
+    entries = []
+    for trial in sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number):
+        if REPLICATE_OF not in trial.user_attrs:
+            if trial.state == TrialState.COMPLETE:
+                entries.append((trial.number, None, trial.value))
+        elif trial.state != TrialState.PRUNED:  # pruned: a duplicate that stood down
+            value = trial.value if trial.state == TrialState.COMPLETE else math.nan
+            entries.append((trial.user_attrs[REPLICATE_OF], trial.user_attrs[SEED], value))
+    return selection.sweep_groups(entries)
+
+
+def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """An earlier trial queued for the same configuration and seed that has not failed: the one
+    that runs it. Launchers on several machines can queue a confirming seed at the same moment."""
+    key = (trial.user_attrs[REPLICATE_OF], trial.user_attrs[SEED])
+    for other in study.get_trials(
+        deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
+    ):
+        if (
+            other.number < trial.number
+            and (other.user_attrs.get(REPLICATE_OF), other.user_attrs.get(SEED)) == key
+        ):
+            return other.number
+    return None
 
 
 def enqueue_replicates(study: optuna.Study, top: int, seeds: int, first_seed: int) -> int:
@@ -301,8 +326,8 @@ def enqueue_replicates(study: optuna.Study, top: int, seeds: int, first_seed: in
     Optuna's own queue: the workers take these first, with the trial's values as fixed params.
     """
     groups = configurations(study)
-    searched = sorted((trials[0] for trials in groups.values()), key=lambda t: t.value)[:top]
     trials = study.get_trials(deepcopy=False)
+    searched = [trials[number] for number in sorted(groups, key=lambda n: groups[n][0])[:top]]
     held = {(t.user_attrs[REPLICATE_OF], t.user_attrs[SEED]) for t in trials if REPLICATE_OF in t.user_attrs}
     waiting = sum(t.state not in FINISHED for t in trials if REPLICATE_OF in t.user_attrs)
     for trial in searched:
@@ -315,20 +340,24 @@ def enqueue_replicates(study: optuna.Study, top: int, seeds: int, first_seed: in
 
 
 def best_configuration(study: optuna.Study) -> dict[str, Any] | None:
-    """The searched trial whose values have the lowest mean objective over their seeds, among those
-    repeated on more seeds where any was (the single best trial otherwise); None before any completes."""
+    """The searched trial whose values rank first by `selection.rank` over `selection.confirmed`
+    (confirming seeds only, once any trial was confirmed); None before any completes."""
     groups = configurations(study)
     if not groups:
         return None
-    confirmed = {number: trials for number, trials in groups.items() if len(trials) > 1} or groups
-    number, trials = min(confirmed.items(), key=lambda item: statistics.fmean(t.value for t in item[1]))
-    values = [t.value for t in trials]
+    scored = selection.confirmed(groups)
+    number = selection.rank(scored)[0]
+    values = list(scored[number])
     return {
         "best_trial": number,
-        "best_params": trials[0].params,
-        "best_value": statistics.fmean(values),
+        "best_params": study.get_trials(deepcopy=False)[number].params,
+        "best_value": selection.score(values),
         "best_values": values,
-        "best_sd": statistics.stdev(values) if len(values) > 1 else None,
+        "best_sd": statistics.stdev(values)
+        if len(values) > 1 and math.isfinite(selection.score(values))
+        else None,
+        "best_confirmed": len(groups[number]) > 1,  # then best_values leave out the selecting seed
+        "best_selected_by": groups[number][0],  # the searched trial's own value: optimistic for it
     }
 
 

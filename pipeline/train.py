@@ -91,13 +91,14 @@ def main() -> None:
             best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
             final = {"loss": history["loss"][best], "val_loss": history["val_loss"][best], "best_epoch": best}
             runs.log_metrics({"best_epoch": best})
+        runs.log_metrics({"val_loss": final["val_loss"]})  # the model kept: what it is chosen by
         save_vae(vae, MODEL)
         runs.record_model_hash(MODEL)
         for path in (HISTORY, METRICS):
             path.parent.mkdir(parents=True, exist_ok=True)
         write_history(history, HISTORY)
         METRICS.write_text(json.dumps(final, indent=2) + "\n")
-        model = logged_model.log_and_register(inference_model(vae), params, config)
+        model = logged_model.log_and_register(inference_model(vae), params, config, final["val_loss"])
         runs.write_run_file(run, model)
     shutil.rmtree(BACKUP)
     print(

@@ -193,10 +193,15 @@ def run_workers(
 
 
 def describe_best(summary: dict[str, Any], monitor: str) -> str:
-    """`val_loss 247.160 ± 0.210 over 3 seeds (trial 17)`, or one seed's value."""
+    """`val_loss 247.160 ± 0.210 over 2 other seeds (trial 17, selected at 245.880)`: the best
+    scored on the seeds that did not select it; or, unconfirmed, its one seed's value."""
+    trial, value = summary["best_trial"], f"{summary['best_value']:.3f}"
+    if not summary["best_confirmed"]:
+        return f"{monitor} {value} (trial {trial}, one seed, not confirmed)"
     n, sd = len(summary["best_values"]), summary["best_sd"]
-    value = f"{summary['best_value']:.3f}" + (f" ± {sd:.3f} over {n} seeds" if sd is not None else "")
-    return f"{monitor} {value} (trial {summary['best_trial']})"
+    spread = f" ± {sd:.3f}" if sd is not None else ""
+    selected = f"trial {trial}, selected at {summary['best_selected_by']:.3f}"
+    return f"{monitor} {value}{spread} over {n} other seed{'s' * (n != 1)} ({selected})"
 
 
 def write_best(summary: dict[str, Any], study_name: str, monitor: str) -> None:

@@ -22,43 +22,55 @@ def client(tmp_path, monkeypatch):
     return client
 
 
-def evaluate(client, config: str, test_loss: float) -> tuple[str, bool, str]:
-    """A new version of `config` evaluated at `test_loss`: its number, and the registry's answer."""
-    version = client.create_model_version(NAME, source=str(SOURCE), tags={registry.CONFIG: config})
-    champion, why = registry.record_test_loss(NAME, str(version.version), test_loss, margin=1.0)
-    return str(version.version), champion, why
+def evaluate(client, config: str, val_loss: float, protocol: str = "p") -> tuple[str, str, str]:
+    """A new version of `config` that trained to `val_loss`, evaluated: its number, the version
+    holding the alias after, and why."""
+    tags = {registry.CONFIG: config, registry.VAL_LOSS: repr(val_loss)}
+    version = str(client.create_model_version(NAME, source=str(SOURCE), tags=tags).version)
+    holder, why = registry.record_evaluation(
+        NAME, version, test_loss=val_loss + 5, protocol=protocol, margin=1.0
+    )
+    return version, holder, why
 
 
 def holder(client) -> str:
     return str(client.get_model_version_by_alias(NAME, registry.CHAMPION).version)
 
 
-def test_configurations_are_compared_by_their_means_beyond_the_margin(client):
-    assert evaluate(client, "a", 250.0)[1:] == (True, "the first evaluated")
-    for loss in (254.0, 255.0):  # the champion's own configuration: never, whatever the value
-        _, champion, why = evaluate(client, "a", loss)
-        assert not champion and why == "another seed of the champion's configuration (version 1)"
-    assert holder(client) == "1"
+def test_configurations_are_compared_by_their_mean_validation_loss_beyond_the_margin(client):
+    assert evaluate(client, "a", 250.0) == ("1", "1", "the first evaluated")
+    assert client.get_model_version(NAME, "1").tags[registry.TEST_LOSS] == "255.0"  # reported, not used
+    for loss in (254.0, 255.0):  # the champion's own configuration's seeds never take it
+        version, now, why = evaluate(client, "a", loss)
+        assert now == "1" and why.startswith("another seed of the champion's configuration (version 1)")
+    assert why.endswith("is now 253.000 over 3 seeds")
 
-    # 249.5 beats the champion's own 250.0 by less than the margin, but its configuration's
-    # mean (253.0 over three seeds) by 3.5: the means decide.
-    version, champion, why = evaluate(client, "b", 249.5)
-    assert champion and holder(client) == version == "4"
+    # One lucky seed does not overturn a configuration measured on three: b's 240.0 beats a's
+    # mean (253.0) by far, but b needs two seeds.
+    assert evaluate(client, "b", 240.0)[1] == "1"
+    version, now, why = evaluate(client, "b", 249.0)  # b: 244.5 over 2 seeds
+    assert now == version == "5"
     assert why == (
-        "mean test_loss 249.500 over 1 seed(s) against the champion's (version 1) 253.000 over 3: "
+        "mean val_loss 244.500 over 2 seed(s) against the champion's 253.000 over 3: "
         "better by more than the margin, 1"
     )
-    assert not evaluate(client, "b", 249.0)[1]  # another seed of the new champion's configuration
 
-    # A lucky seed of a configuration no better does not take it: c's third seed, 247.9, is the
-    # lowest of all, but c's mean (250.3) is above b's (249.25).
-    for loss in (252.0, 251.0, 247.9):
-        _, champion, why = evaluate(client, "c", loss)
-        assert not champion and why.endswith("not better by more than the margin, 1")
-    assert holder(client) == "4"
+    # b's own later seeds pull its mean (255.0 over 4) behind a's by more than the margin: the
+    # alias moves back, to a's latest version.
+    assert evaluate(client, "b", 256.0)[1] == "5"
+    version, now, why = evaluate(client, "b", 275.0)
+    assert (version, now) == ("7", "3") and holder(client) == "3"
+    assert why.startswith("mean val_loss 253.000 over 3 seed(s) against the champion's 255.000 over 4")
 
-    # Re-evaluating the champion keeps it; a version with no configuration tag is its own.
-    assert registry.record_test_loss(NAME, "4", 249.6, margin=1.0) == (True, "re-evaluated")
-    version = client.create_model_version(NAME, source=str(SOURCE))
-    assert registry.record_test_loss(NAME, str(version.version), 240.0, margin=1.0)[0]
-    assert holder(client) == str(version.version)
+    # Re-evaluating the champion keeps it.
+    assert registry.record_evaluation(NAME, "3", test_loss=259.0, protocol="p", margin=1.0) == (
+        "3",
+        "re-evaluated",
+    )
+
+
+def test_versions_evaluated_under_another_protocol_are_not_compared(client):
+    evaluate(client, "a", 250.0)
+    version, now, why = evaluate(client, "small-data", 100.0, protocol="q")
+    assert now == "1" and "evaluated under another protocol" in why
+    assert f"set_registered_model_alias('{NAME}', 'champion', '{version}')" in why  # how to move it

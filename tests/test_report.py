@@ -8,14 +8,16 @@ from matplotlib.figure import Figure
 from scipy.stats import ttest_ind
 
 from pipeline.compare import (
+    Group,
     RunView,
     figure_png,
     group_runs,
+    holm,
     param_rows,
     render,
     spread,
     summary_lines,
-    verdict,
+    verdicts,
 )
 
 
@@ -50,7 +52,8 @@ def view(
 def test_runs_group_by_configuration_in_order_of_first_appearance():
     runs = [view("a", 2, 263.0), view("b", 16, 242.0), view("a", 2, 264.0, seed=1)]
     groups = group_runs(runs)
-    assert [g.name for g in groups] == ["a", "b"]  # the seed left out of a configuration's name
+    assert [g.name for g in groups] == ["latent_dim 2", "latent_dim 16"]  # what sets them apart
+    assert group_runs(runs[:1])[0].name == "a"  # alone: its run's name, the seed left out
     assert [len(g.runs) for g in groups] == [2, 1]
     assert groups[0].values("test_loss") == [263.0, 264.0]
 
@@ -64,21 +67,62 @@ def test_spread_is_n_mean_sample_sd_and_range_and_a_single_run_has_no_sd():
     assert spread([]) is None
 
 
-def test_best_only_beyond_the_noise_by_welchs_test():
+def configurations(**samples: list[list[float]]) -> list[Group]:
+    """Groups of runs whose metrics are the given samples: `test_loss=[[...], [...]]`, one list
+    per configuration."""
+    n = len(next(iter(samples.values())))
+    groups = []
+    for i in range(n):
+        runs = []
+        for j in range(max(len(values[i]) for values in samples.values())):
+            run = view(f"c{i}", i, 0.0, seed=j)
+            run.metrics = {key: values[i][j] for key, values in samples.items() if j < len(values[i])}
+            runs.append(run)
+        groups.append(Group(f"config-{i}", runs))
+    return groups
+
+
+def test_the_primary_metric_decides_and_the_other_rows_are_adjusted_for_their_number():
     apart, close = [241.1, 241.9, 242.4], [263.0, 264.1, 265.3]
-    assert verdict("test_loss", [close, apart]) == (
-        1,
-        f"p = {ttest_ind(apart, close, equal_var=False).pvalue:.2g}",
-    )
     overlapping = [263.5, 264.0, 262.9]
+    p = ttest_ind(apart, close, equal_var=False).pvalue
+    decided = verdicts(["val_loss"], configurations(val_loss=[close, apart]))
+    assert decided["val_loss"] == (1, f"primary: p = {p:.2g}")
     p = ttest_ind(close, overlapping, equal_var=False).pvalue
-    assert p > 0.05 and verdict("test_loss", [close, overlapping]) == (None, f"within noise: p = {p:.2g}")
-    assert verdict("test_loss", [[263.3], [241.9]]) == (None, "no test: n = 1")  # no noise known
-    assert verdict("knn_accuracy", [[0.61, 0.62, 0.6], [0.8, 0.81, 0.79]])[0] == 1  # higher is better
-    assert verdict("test_kl", [close, apart]) == (None, "")  # KL has no best
-    assert verdict("system/cpu_utilization_percentage", [close, apart]) == (None, "")  # nor the machine
-    assert verdict("test_loss", [[250.0, 250.0], [251.0, 251.0]]) == (0, "p = 0")  # no spread, apart
-    assert verdict("test_loss", [close]) == (None, "")  # one configuration: nothing to choose
+    assert p > 0.05
+    assert verdicts(["val_loss"], configurations(val_loss=[close, overlapping]))["val_loss"] == (
+        None,
+        f"not shown to differ (primary: p = {p:.2g})",
+    )
+
+    # Twenty rows that each differ at p = 0.03 or so: none survives the adjustment for twenty.
+    rows = {f"reconstruction_by_class/c{k}": [[1.0, 1.2, 1.1], [1.3, 1.45, 1.4]] for k in range(20)}
+    groups = configurations(val_loss=[close, apart], **rows)
+    raw = ttest_ind([1.0, 1.2, 1.1], [1.3, 1.45, 1.4], equal_var=False).pvalue
+    assert raw < 0.05
+    decided = verdicts(["val_loss", *rows], groups)
+    assert decided["val_loss"][0] == 1
+    for key in rows:
+        best, why = decided[key]
+        assert best is None and why.startswith("not shown to differ (p = ") and "adjusted over 20 rows" in why
+
+
+def test_holm_multiplies_the_smallest_p_by_m_and_keeps_the_order():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_no_test_without_noise_and_no_best_where_no_side_is_better():
+    close, apart = [263.0, 264.1, 265.3], [241.1, 241.9, 242.4]
+    one = verdicts(["test_loss"], configurations(test_loss=[[263.3], [241.9]]))
+    assert one["test_loss"] == (None, "no test: n = 1")  # no noise known
+    flat = verdicts(["test_loss"], configurations(test_loss=[[250.0, 250.0], [251.0, 251.0]]))
+    assert flat["test_loss"] == (None, "no test: no spread")  # not "p = 0"
+    higher = verdicts(["knn_accuracy"], configurations(knn_accuracy=[[0.61, 0.62, 0.6], [0.8, 0.81, 0.79]]))
+    assert higher["knn_accuracy"][0] == 1  # higher is better
+    for key in ("test_kl", "learning_rate", "best_epoch", "system/cpu_utilization_percentage"):
+        assert verdicts([key], configurations(**{key: [close, apart]}))[key] == (None, "")
+    assert verdicts(["test_loss"], configurations(test_loss=[close]))["test_loss"] == (None, "")
 
 
 def test_params_split_into_differing_and_shared_with_a_configurations_seeds_joined():
@@ -97,7 +141,7 @@ def test_report_shows_the_spread_marks_a_real_best_and_escapes_names():
     html = render(group_runs(runs), title="t")
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
     assert html.count("<img") == 1 + 2  # the curves, then one figure per configuration
-    assert html.count('class="num best"') == 2  # test_loss and knn_accuracy (no spread, apart), b; KL none
+    assert html.count('class="num best"') == 1  # test_loss, the primary; knn_accuracy has no spread
     assert "264.13 ± 1.2" in html and '<span class="range">263..265.3</span>' in html
     assert html.count("n = 3") >= 2
     assert "<code>dvc exp run</code>" in html  # a description's code spans
@@ -139,5 +183,8 @@ def test_runs_without_an_environment_say_so():
 def test_a_configuration_whose_runs_come_from_different_code_says_so():
     runs = [view("a", 2, 263.0), view("a", 2, 264.0, seed=1, code="beef"), view("b", 16, 242.0)]
     lines = summary_lines(group_runs(runs))
-    assert any(line.startswith("a [config-2]: its runs come from 2 versions of the code") for line in lines)
-    assert not any(line.startswith("b [") and "versions of the code" in line for line in lines)
+    assert any(
+        line.startswith("latent_dim 2 [config-2]: its runs come from 2 versions of the code")
+        for line in lines
+    )
+    assert not any(line.startswith("latent_dim 16 [") and "versions of the code" in line for line in lines)

@@ -95,7 +95,7 @@ def log_model(keras_model, name: str, registered_model_name: str | None = None) 
     )
 
 
-def log_and_register(keras_model, params: Params, config: str) -> dict[str, str]:
+def log_and_register(keras_model, params: Params, config: str, val_loss: float) -> dict[str, str]:
     """Log into the active run (MLflow copies the run's params to the logged model) as a new version
     of the registered model; tag the version with its run, commit and configuration; return what
     was made."""
@@ -106,6 +106,7 @@ def log_and_register(keras_model, params: Params, config: str) -> dict[str, str]
     tags = {
         "run_id": info.run_id,
         registry.CONFIG: config,
+        registry.VAL_LOSS: repr(val_loss),
         **{k: git[k] for k in ("git.commit", "git.dirty") if k in git},
     }
     registry.tag_version(registered_model, version, tags)

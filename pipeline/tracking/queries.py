@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import math
 import re
-import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from pipeline import selection
 from pipeline.environment import git_state
 from pipeline.tracking.runs import CONFIG_TAG
 from pipeline.tracking.store import TrackingError
@@ -47,19 +48,32 @@ def runs_named(experiment_id: str, refs: Sequence[str]) -> list[mlflow.entities.
 
 
 def best_configurations(experiment_id: str, n: int) -> list[mlflow.entities.Run]:
-    """Every finished, evaluated trained model of the `n` configurations with the lowest mean
-    `test_loss`, best configuration first, each one's runs in the order they started."""
+    """Every finished, evaluated trained model of the `n` configurations that `selection.rank`
+    puts first by mean validation loss, best first, each one's runs in the order they started."""
     runs = mlflow.MlflowClient().search_runs(
         [experiment_id],
         filter_string="tags.`pipeline.stage` = 'train' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time ASC"],
     )
-    return best_groups([run for run in runs if "test_loss" in run.data.metrics], "test_loss", n)
+    groups: dict[str, list[mlflow.entities.Run]] = {}
+    for run in runs:
+        if "test_loss" in run.data.metrics:
+            groups.setdefault(run.data.tags.get(CONFIG_TAG) or run.info.run_id, []).append(run)
+    scores = {config: [validation_loss(run) for run in group] for config, group in groups.items()}
+    return [run for config in selection.rank(scores)[:n] for run in groups[config]]
+
+
+def validation_loss(run: mlflow.entities.Run) -> float:
+    """The validation loss a trained model is chosen by; for runs before it was logged, the last
+    epoch's (the model kept, as they had no early stopping)."""
+    metrics = run.data.metrics
+    return metrics.get(selection.SELECT_BY, metrics.get("loss/val", math.nan))
 
 
 def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.entities.Run]:
-    """The complete trials of a study's `n` configurations with the lowest mean objective: each
-    searched trial with the trials that re-trained it on other seeds."""
+    """The complete trials of a study's `n` best configurations, ranked as `tune` ranks them
+    (`selection.confirmed`): each searched trial with the trials that re-trained it on other seeds.
+    Confirmed configurations come first; then, where fewer than `n` were, unconfirmed ones."""
     client = mlflow.MlflowClient()
     parents = client.search_runs(
         [experiment_id],
@@ -73,21 +87,28 @@ def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.enti
         for trial in client.search_runs(
             [experiment_id],
             filter_string=f"tags.`mlflow.parentRunId` = {_literal(parent.info.run_id)} "
-            "and tags.`optuna.state` = 'COMPLETE'",
+            "and tags.`optuna.state` != 'PRUNED'",
         )
     ]
     trials.sort(key=lambda run: int(run.data.tags["optuna.trial_number"]))
-    return best_groups(trials, "objective_val_loss", n)
-
-
-def best_groups(runs: list[mlflow.entities.Run], metric: str, n: int) -> list[mlflow.entities.Run]:
-    """The runs of the `n` configurations (the `pipeline.config_id` tag; a run without it is its own)
-    with the lowest mean `metric`, best first, each configuration's runs in their given order."""
-    groups: dict[str, list[mlflow.entities.Run]] = {}
-    for run in runs:
-        groups.setdefault(run.data.tags.get(CONFIG_TAG) or run.info.run_id, []).append(run)
-    ranked = sorted(groups.values(), key=lambda g: statistics.fmean(r.data.metrics[metric] for r in g))
-    return [run for group in ranked[:n] for run in group]
+    entries, shown = [], {}
+    for trial in trials:
+        tags, complete = trial.data.tags, trial.data.tags["optuna.state"] == "COMPLETE"
+        value = trial.data.metrics.get(selection.TRIAL_SELECT_BY, math.nan) if complete else math.nan
+        if "optuna.replicate_of" in tags:
+            key, seed = int(tags["optuna.replicate_of"]), int(trial.data.params["train.seed"])
+        elif complete:
+            key, seed = int(tags["optuna.trial_number"]), None
+        else:
+            continue
+        entries.append((key, seed, value))
+        if complete:
+            shown.setdefault(key, []).append(trial)
+    groups = selection.sweep_groups(entries)
+    scored = selection.confirmed(groups)
+    rest = {key: values for key, values in groups.items() if key not in scored}
+    order = selection.rank(scored) + selection.rank(rest)
+    return [trial for key in order[:n] for trial in shown[key]]
 
 
 def metric_history(run_id: str, key: str) -> list[float]:

@@ -1,11 +1,10 @@
-"""The model registry: every trained model a version; the alias `champion` on the configuration whose
-`test_loss` is lowest by more than the noise between seeds."""
+"""The model registry: every trained model a version; the alias `champion` on the configuration
+whose validation loss is lowest by more than the noise between seeds (`selection.champion`)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +12,13 @@ import mlflow
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
 
+from pipeline import selection
+
 CHAMPION = "champion"
-TEST_LOSS = "test_loss"  # the version tag `evaluate` sets, which the champion is chosen by
 CONFIG = "config_id"  # the version tag `train` sets: its run's configuration (all params but the seed)
+VAL_LOSS = "val_loss"  # the version tag `train` sets: what the champion is chosen by
+TEST_LOSS = "test_loss"  # the version tag `evaluate` sets: reported, never chosen by
+PROTOCOL = "protocol"  # the version tag `evaluate` sets: its data and evaluation settings
 
 
 def promote_command(name: str, version: str, tracking_uri: str) -> str:
@@ -33,18 +36,19 @@ def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
         client.set_model_version_tag(name, version, key, value)
 
 
-def version_test_loss(version) -> float:
-    """A version's `test_loss` tag; infinite where it was never evaluated."""
+def version_val_loss(version) -> float:
+    """A version's `val_loss` tag; NaN where it has none or it is not a number."""
     try:
-        return float(version.tags.get(TEST_LOSS, "inf"))
+        return float(version.tags.get(VAL_LOSS, "nan"))
     except ValueError:
-        return math.inf
+        return math.nan
 
 
 @contextlib.contextmanager
 def _exclusive() -> Iterator[None]:
     # Two evaluations ending at once on one local store (`dvc queue` workers) must not both
-    # read the old champion and then both move it. A shared server has no such lock.
+    # read the old champion and then both move it. A shared server has no such lock: there each
+    # evaluation decides again after moving the alias (`record_evaluation`).
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):
         with FileLock(f"{Path(uri.removeprefix('sqlite:///'))}.registry.lock"):
@@ -53,55 +57,75 @@ def _exclusive() -> Iterator[None]:
         yield
 
 
-def config_losses(name: str) -> dict[str, list[float]]:
-    """The evaluated `test_loss` of every version, by configuration (a version without one is its own)."""
-    client = mlflow.MlflowClient()
-    losses: dict[str, list[float]] = {}
-    for version in client.search_model_versions(f"name = '{name}'"):
-        loss = version_test_loss(version)
-        if math.isfinite(loss):
-            losses.setdefault(version_config(version), []).append(loss)
-    return losses
-
-
 def version_config(version) -> str:
     """A version's configuration: its `config_id` tag, or the version itself where it has none."""
     return version.tags.get(CONFIG) or f"version {version.version}"
 
 
-def record_test_loss(name: str, version: str, test_loss: float, margin: float) -> tuple[bool, str]:
-    """Tag the version with its `test_loss`; move `champion` to it if its configuration beats the
-    champion's by more than `margin` nats; return whether it is the champion now, and why.
+def _holder(client: mlflow.MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no champion yet
+        return None
 
-    Configurations are compared by the mean `test_loss` of their evaluated versions (one seed
-    each), so another seed of the champion's own configuration never takes the alias, and a
-    lucky seed of a configuration no better cannot either. The champion re-evaluated keeps it.
+
+def _decide(
+    client: mlflow.MlflowClient, name: str, version: str, protocol: str, margin: float
+) -> tuple[str, str]:
+    """Move the alias where `selection.champion` says, among the versions evaluated under
+    `protocol`; return the version that holds it and why."""
+    holder = _holder(client, name)
+    if holder is not None and holder.tags.get(PROTOCOL) != protocol:
+        return str(holder.version), (
+            f"the champion, version {holder.version}, was evaluated under another protocol (other data "
+            "or evaluation settings), so the two are not compared; to move the alias: "
+            + promote_command(name, version, mlflow.get_tracking_uri())
+        )
+    groups: dict[str, list[float]] = {}
+    latest: dict[str, int] = {}
+    for other in client.search_model_versions(f"name = '{name}'"):
+        if other.tags.get(PROTOCOL) == protocol and not math.isnan(version_val_loss(other)):
+            config = version_config(other)
+            groups.setdefault(config, []).append(version_val_loss(other))
+            latest[config] = max(latest.get(config, 0), int(other.version))
+    held = version_config(holder) if holder is not None else None
+    winner, why = selection.champion(held, groups, margin)
+    mine = version_config(client.get_model_version(name, version))
+    if winner == held:
+        if str(holder.version) == version:
+            return version, "re-evaluated"
+        if mine == held:
+            n = len(groups[held])
+            return str(holder.version), (
+                f"another seed of the champion's configuration (version {holder.version}), "
+                f"whose mean {selection.SELECT_BY} is now {selection.score(groups[held]):.3f} over {n} seeds"
+            )
+        return str(holder.version), why
+    target = version if winner == mine else str(latest[winner])
+    client.set_registered_model_alias(name, CHAMPION, target)
+    return target, why
+
+
+def record_evaluation(
+    name: str, version: str, *, test_loss: float, protocol: str, margin: float
+) -> tuple[str, str]:
+    """Tag the version with its `test_loss` and evaluation protocol; move `champion` as
+    `selection.champion` decides on the versions' `val_loss`; return the version that holds the
+    alias, and why.
+
+    On a shared tracking server two evaluations may decide at once; each decides a second time
+    after the first, from what both recorded, so they agree on where the alias ends.
     """
     client = mlflow.MlflowClient()
     with _exclusive():
         client.set_model_version_tag(name, version, TEST_LOSS, repr(test_loss))
-        try:
-            champion = client.get_model_version_by_alias(name, CHAMPION)
-        except MlflowException:  # no champion yet
-            champion = None
-        if champion is None:
-            client.set_registered_model_alias(name, CHAMPION, version)
-            return True, "the first evaluated"
-        if str(champion.version) == version:
-            return True, "re-evaluated"
-        mine, theirs = version_config(client.get_model_version(name, version)), version_config(champion)
-        if mine == theirs:
-            return False, f"another seed of the champion's configuration (version {champion.version})"
-        losses = config_losses(name)
-        challenger, holder = losses[mine], losses.get(theirs, [math.inf])
-        compared = (
-            f"mean test_loss {statistics.fmean(challenger):.3f} over {len(challenger)} seed(s) against the "
-            f"champion's (version {champion.version}) {statistics.fmean(holder):.3f} over {len(holder)}"
-        )
-        if statistics.fmean(holder) - statistics.fmean(challenger) > margin:
-            client.set_registered_model_alias(name, CHAMPION, version)
-            return True, f"{compared}: better by more than the margin, {margin:g}"
-        return False, f"{compared}: not better by more than the margin, {margin:g}"
+        client.set_model_version_tag(name, version, PROTOCOL, protocol)
+        holder, why = _decide(client, name, version, protocol, margin)
+        if not mlflow.get_tracking_uri().startswith("sqlite:///"):
+            again, _ = _decide(client, name, version, protocol, margin)
+            if again != holder:
+                holder, why = again, f"after another evaluation that ended at the same time: {why}"
+        return holder, why
 
 
 def versions_of_run(run_id: str) -> list:

@@ -1,0 +1,60 @@
+"""A sweep's ranking on a real Optuna study: confirming seeds decide, failures count, duplicates once."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from pipeline.search import REPLICATE_OF, SEED, best_configuration, configurations, duplicate_of
+
+SPACE = {"model.latent_dim": IntDistribution(2, 64)}
+
+
+def add(study, latent_dim: int, value: float | None, state=TrialState.COMPLETE, **attrs) -> None:
+    study.add_trial(
+        create_trial(
+            params={"model.latent_dim": latent_dim},
+            distributions=SPACE,
+            value=value,
+            state=state,
+            user_attrs={REPLICATE_OF: attrs["of"], SEED: attrs["seed"]} if attrs else {},
+        )
+    )
+
+
+def test_the_best_is_scored_on_seeds_that_did_not_select_it_and_a_failed_seed_counts():
+    study = optuna.create_study()
+    add(study, 16, 240.0)  # 0: the lowest searched value, lucky
+    add(study, 8, 244.0)  # 1
+    add(study, 32, 243.0)  # 2
+    add(study, 16, 250.0, of=0, seed=43)
+    add(study, 8, 245.0, of=1, seed=43)
+    add(study, 32, 241.0, of=2, seed=43)
+    add(study, 32, None, TrialState.FAIL, of=2, seed=44)  # diverged
+    add(study, 8, 246.0, of=1, seed=44)
+    add(study, 8, 999.0, of=1, seed=44)  # queued twice by two launchers: the first counts
+    assert configurations(study) == {0: [240.0, 250.0], 1: [244.0, 245.0, 246.0], 2: [243.0, 241.0, math.nan]}
+    best = best_configuration(study)
+    assert best["best_trial"] == 1 and best["best_values"] == [245.0, 246.0] and best["best_confirmed"]
+    assert best["best_value"] == 245.5 and best["best_selected_by"] == 244.0
+
+
+def test_a_completed_retry_replaces_the_failure_of_a_killed_worker():
+    study = optuna.create_study()
+    add(study, 16, 240.0)
+    add(study, 16, None, TrialState.FAIL, of=0, seed=43)
+    add(study, 16, 242.0, of=0, seed=43)
+    assert configurations(study) == {0: [240.0, 242.0]}
+
+
+def test_a_confirming_trial_queued_twice_runs_once():
+    study = optuna.create_study()
+    add(study, 16, 240.0)
+    for _ in range(2):
+        study.enqueue_trial({"model.latent_dim": 16}, user_attrs={REPLICATE_OF: 0, SEED: 43})
+    first, second = (study.ask(SPACE) for _ in range(2))
+    assert duplicate_of(study, first) is None
+    assert duplicate_of(study, second) == first.number
