@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.tracking import store, sweep_runs
 
     study, parent_run_id = search.join_study(params)
+    raw = with_overrides(raw, {"tune.study_name": study.study_name})  # the workers join the same one
     workers, threads = plan(tune, tune.n_trials - search.finished_count(study))
     print(
         f"tune: {workers} worker{'s' * (workers > 1)} on this machine, "
@@ -261,13 +262,13 @@ def main(argv: list[str] | None = None) -> None:
         figures = search.study_figures(study, tune.space) if status == "FINISHED" else {}
         sweep_runs.end_study_run(parent_run_id, summary=summary, figures=figures, status=status)
     print(
-        f"tune: study {tune.study_name!r} in {redact(search.storage_url(tune))}\n"
+        f"tune: study {study.study_name!r} in {redact(search.storage_url(tune))}\n"
         f"  trials: {summary['trials_complete']} complete, {summary['trials_pruned']} pruned, "
         f"{summary['trials_failed']} failed ({summary['seconds']} s this session)\n"
         f"  MLflow parent run: {store.run_link(parent_run_id)}{store.ui_hint()}"
     )
     if "best_params" in summary:
-        write_best(summary, tune.study_name, search.MONITOR)
+        write_best(summary, study.study_name, search.MONITOR)
         print(
             f"  best: {describe_best(summary, search.MONITOR)} with {summary['best_params']}\n"
             f"  written to {BEST_PARAMS}; re-train: dvc exp run $(python -m pipeline.tune --print-best)"

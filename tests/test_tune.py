@@ -21,8 +21,9 @@ from optuna.storages.journal import JournalFileBackend
 
 from pipeline import environment
 from pipeline.figures import FIGURES
+from pipeline.params import read_yaml
 from tests.components import POSTGRESQL, require
-from tests.helpers import free_port, journal_study, make_repo, overrides, run, serving, store
+from tests.helpers import free_port, journal_study, make_repo, overrides, run, serving, set_param, store
 
 # One worker runs them all (pytest-xdist's loadgroup), so the module's project is built once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tune")]
@@ -282,6 +283,8 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_once(repo, postg
             "killed",
             "--n-trials",
             "2",
+            "-S",
+            "train.epochs=30",  # the study's settings: other ones would start a study of their own
             *heartbeat,
         ],
         repo,
@@ -379,11 +382,13 @@ def test_optuna_dashboard_reads_the_journal(repo, pages, artifacts):
         assert errors == []
 
 
-def test_tune_is_a_dvc_stage_outside_the_default_chain(tmp_path, official_dir):
+def test_tune_is_a_dvc_stage_outside_the_default_chain_and_follows_its_space(tmp_path, official_dir):
+    """Slow: two real sweeps of two trials through `dvc repro`, before and after an edit of the space."""
     budget = {"train.epochs": 2, "data.train_size": 1000, "data.val_size": 500}
+    space = {"model.latent_dim": {"low": 2, "high": 3}}
     project = make_repo(
         tmp_path / "project",
-        {"tune": {"n_trials": 2, "pruner": "none", "confirm_top": 0, "overrides": budget}},
+        {"tune": {"n_trials": 2, "pruner": "none", "confirm_top": 0, "overrides": budget, "space": space}},
     )
     assert "tune" not in run(["dvc", "stage", "list", "--name-only"], project).stdout.split()
     assert (
@@ -392,4 +397,11 @@ def test_tune_is_a_dvc_stage_outside_the_default_chain(tmp_path, official_dir):
     run(["dvc", "repro", "sweep/dvc.yaml"], project)
     summary = json.loads((project / "sweep/summary.json").read_text())
     assert summary["trials_complete"] == 2
-    assert (project / "sweep/best_params.yaml").is_file()
+    assert read_yaml(project / "sweep/best_params.yaml")["model.latent_dim"] in (2, 3)
+
+    # The space edited: its own study, whose best comes from the new space.
+    set_param(project, "tune", "space", {"model.latent_dim": {"low": 7, "high": 8}})
+    output = run(["dvc", "repro", "sweep/dvc.yaml"], project).stdout
+    assert "tune: study 'vae-search' was drawn under other settings (changed: space); " in output
+    assert read_yaml(project / "sweep/best_params.yaml")["model.latent_dim"] in (7, 8)
+    assert json.loads((project / "sweep/summary.json").read_text())["trials_complete"] == 2
