@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 
 from pipeline.selection import champion, confirmed, direction, rank, score
+from tests.helpers import ROOT, run
 
 
 def test_a_seed_that_diverged_counts_against_its_configuration():
@@ -40,3 +43,23 @@ def test_every_metric_states_which_way_is_better_or_that_neither_is():
     assert direction("knn_accuracy") == direction("active_units") == "higher"
     for neutral in ("test_kl", "kl/val", "learning_rate", "best_epoch", "system/cpu_utilization_percentage"):
         assert direction(neutral) is None
+
+
+def test_the_false_switch_simulation_runs_the_rule_and_never_exceeds_the_margin_alone(tmp_path):
+    figures = tmp_path / "rule.json"
+    printed = run(
+        [sys.executable, "bench/champion_rule.py", "--histories", "300", "--champion-seeds", "1", "3",
+         "--challenger-seeds", "1", "2", "--json", str(figures)],
+        ROOT,
+    ).stdout  # fmt: skip
+    report = json.loads(figures.read_text())
+    assert [(r["champion_seeds"], r["challenger_seeds"]) for r in report["rows"]] == [
+        (1, 1),
+        (1, 2),
+        (3, 1),
+        (3, 2),
+    ]
+    for row in report["rows"]:
+        assert 0 <= row["rule"] <= row["margin_alone"] <= 300  # the rule adds a condition to the margin
+    assert report["rows"][2]["rule"] == 0  # one seed never overturns three
+    assert "one seed's sd 0.74 nats, margin 2," in printed
