@@ -41,8 +41,8 @@ def rank_in_registry(test_loss: float, protocol: str, margin: float) -> str:
 
 def main() -> None:
     # TensorFlow's modules, once `run_stage` has started it quietly
-    from pipeline.measures import active_units, elbo_parts, importance_weighted_nll, knn_accuracy
-    from pipeline.model import encode, load_vae
+    from pipeline.measures import elbo_parts, importance_weighted_nll, knn_accuracy
+    from pipeline.model import active_units, encode, load_vae
 
     params = load_params()
     config = params.evaluate

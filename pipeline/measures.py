@@ -66,11 +66,6 @@ def importance_weighted_nll(
     return np.concatenate(bounds)
 
 
-def active_units(mu: np.ndarray, threshold: float) -> int:
-    """Latent dims whose posterior mean varies across images: Var_x(E[z_u | x]) > threshold."""
-    return int(np.sum(np.var(mu, axis=0) > threshold))
-
-
 def knn_accuracy(
     train_mu: np.ndarray, train_labels: np.ndarray, test_mu: np.ndarray, test_labels: np.ndarray, *, k: int
 ) -> float:

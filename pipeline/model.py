@@ -34,6 +34,16 @@ def kl_divergence(mu, logvar):
     return 0.5 * ops.sum(ops.square(mu) + ops.exp(logvar) - logvar - 1.0, axis=-1)
 
 
+def kl_per_unit(mu, logvar):
+    """The analytic KL of each latent unit, averaged over the rows: `(batch, latent)` -> `(latent,)`."""
+    return ops.mean(0.5 * (ops.square(mu) + ops.exp(logvar) - logvar - 1.0), axis=0)
+
+
+def active_units(mu: np.ndarray, threshold: float) -> int:
+    """Latent dims whose posterior mean varies across images: Var_x(E[z_u | x]) > threshold."""
+    return int(np.sum(np.var(mu, axis=0) > threshold))
+
+
 def negative_elbo(x, logits, mu, logvar):
     """Per-image negative ELBO, the training loss: reconstruction + KL."""
     return reconstruction_loss(x, logits) + kl_divergence(mu, logvar)
@@ -88,21 +98,42 @@ def build_decoder(config: Model) -> keras.Model:
 class VAE(keras.Model):
     """Encoder + sampling + decoder, trained on the batch mean of the negative ELBO.
 
+    Against a collapsed latent space, training can optimise another objective (Keras' `loss`
+    stays the negative ELBO; the objective is logged as `objective`): a KL term weighted from 0
+    up to 1 over the first `kl_warmup_steps` optimizer steps (Bowman et al. 2016), and each
+    unit's batch-mean KL counted as at least `free_bits` nats (Kingma et al. 2016).
     Calling the model returns the deterministic reconstruction sigmoid(decode(mu)).
     """
 
-    def __init__(self, encoder: keras.Model, decoder: keras.Model, seed: int | None = None, **kwargs):
+    def __init__(
+        self,
+        encoder: keras.Model,
+        decoder: keras.Model,
+        seed: int | None = None,
+        kl_warmup_steps: int = 0,
+        free_bits: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
         self.seed = seed
+        self.kl_warmup_steps = kl_warmup_steps
+        self.free_bits = free_bits
         self.sampling = Sampling(seed=seed, name="sampling")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
+        self.objective_tracker = keras.metrics.Mean(name="objective")
+
+    @property
+    def reshaped(self) -> bool:
+        """Whether training optimises something other than the negative ELBO."""
+        return bool(self.kl_warmup_steps or self.free_bits)
 
     @property
     def metrics(self) -> list:
-        return [self.reconstruction_tracker, self.kl_tracker]
+        trackers = [self.reconstruction_tracker, self.kl_tracker]
+        return [*trackers, self.objective_tracker] if self.reshaped else trackers
 
     def build(self, input_shape) -> None:
         # The encoder and decoder are built functional models; only the sampling layer is not.
@@ -114,12 +145,20 @@ class VAE(keras.Model):
         return ops.sigmoid(self.decoder(mu, training=training))
 
     def loss_parts(self, x, training: bool):
-        """Batch means of (negative ELBO, reconstruction, KL) with one sampled z."""
+        """Batch means of (negative ELBO, reconstruction, KL) with one sampled z, and the objective
+        training minimises (the negative ELBO itself unless `reshaped`)."""
         mu, logvar = self.encoder(x, training=training)
         logits = self.decoder(self.sampling([mu, logvar]), training=training)
         reconstruction = ops.mean(reconstruction_loss(x, logits))
         kl = ops.mean(kl_divergence(mu, logvar))
-        return reconstruction + kl, reconstruction, kl
+        if not self.reshaped:
+            return reconstruction + kl, reconstruction, kl, reconstruction + kl
+        counted = ops.sum(ops.maximum(kl_per_unit(mu, logvar), self.free_bits)) if self.free_bits else kl
+        weight = 1.0
+        if self.kl_warmup_steps:
+            steps = ops.cast(self.optimizer.iterations, "float32")
+            weight = ops.minimum(1.0, steps / float(self.kl_warmup_steps))
+        return reconstruction + kl, reconstruction, kl, reconstruction + weight * counted
 
     def _record(self, reconstruction, kl) -> dict:
         # The reported loss is the sum of the two running means: the same number as a running
@@ -132,14 +171,18 @@ class VAE(keras.Model):
     def train_step(self, data):
         x = data[0] if isinstance(data, tuple) else data
         with tf.GradientTape() as tape:
-            total, reconstruction, kl = self.loss_parts(x, training=True)
-        grads = tape.gradient(total, self.trainable_weights)
+            _, reconstruction, kl, objective = self.loss_parts(x, training=True)
+        grads = tape.gradient(objective, self.trainable_weights)
         self.optimizer.apply(grads, self.trainable_weights)
-        return self._record(reconstruction, kl)
+        logs = self._record(reconstruction, kl)
+        if self.reshaped:
+            self.objective_tracker.update_state(objective)
+            logs["objective"] = self.objective_tracker.result()
+        return logs
 
     def test_step(self, data):
         x = data[0] if isinstance(data, tuple) else data
-        _, reconstruction, kl = self.loss_parts(x, training=False)
+        _, reconstruction, kl, _ = self.loss_parts(x, training=False)
         return self._record(reconstruction, kl)
 
     def get_config(self) -> dict:
@@ -148,6 +191,8 @@ class VAE(keras.Model):
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             "decoder": keras.saving.serialize_keras_object(self.decoder),
             "seed": self.seed,
+            "kl_warmup_steps": self.kl_warmup_steps,
+            "free_bits": self.free_bits,
         }
 
     @classmethod
@@ -158,10 +203,17 @@ class VAE(keras.Model):
         return cls(encoder, decoder, **config)
 
 
-def build_vae(model: Model, train: Train, seed: int, learning_rate=None) -> VAE:
+def build_vae(model: Model, train: Train, seed: int, learning_rate=None, steps_per_epoch: int = 1) -> VAE:
     """A compiled VAE for the given settings; `learning_rate` (a number or a Keras schedule)
-    replaces `train.learning_rate`."""
-    vae = VAE(build_encoder(model), build_decoder(model), seed=seed, name="vae")
+    replaces `train.learning_rate`; `steps_per_epoch` turns `train.kl_warmup_epochs` into steps."""
+    vae = VAE(
+        build_encoder(model),
+        build_decoder(model),
+        seed=seed,
+        kl_warmup_steps=round(train.kl_warmup_epochs * steps_per_epoch),
+        free_bits=train.free_bits,
+        name="vae",
+    )
     vae.compile(
         optimizer=OPTIMIZERS[train.optimizer](
             learning_rate=train.learning_rate if learning_rate is None else learning_rate

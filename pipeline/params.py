@@ -95,6 +95,10 @@ class Train(_Section):
     plateau_factor: float = Field(0.5, gt=0, lt=1)  # plateau: the rate is multiplied by this ...
     plateau_patience: int = Field(2, ge=1)  # ... after this many epochs without a better val_loss
     early_stopping: int = Field(0, ge=0)  # stop after this many epochs without a better val_loss; 0 = off
+    # Against a collapsed latent space; both off here. Training's objective changes, never the
+    # negative ELBO every stage reports.
+    kl_warmup_epochs: float = Field(0, ge=0)  # the KL term's weight rises from 0 to 1 over these epochs
+    free_bits: float = Field(0, ge=0)  # nats: each latent unit's KL counts as at least this much
 
     @model_validator(mode="after")
     def _levers_fit(self) -> Train:
@@ -102,10 +106,11 @@ class Train(_Section):
             raise ValueError("train.warmup_epochs: the plateau schedule does not warm up")
         if self.final_lr_fraction and self.schedule != "cosine":
             raise ValueError("train.final_lr_fraction: only the cosine schedule decays")
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(
-                f"train.warmup_epochs ({self.warmup_epochs:g}) must be below train.epochs ({self.epochs})"
-            )
+        for key in ("warmup_epochs", "kl_warmup_epochs"):
+            if getattr(self, key) >= self.epochs:
+                raise ValueError(
+                    f"train.{key} ({getattr(self, key):g}) must be below train.epochs ({self.epochs})"
+                )
         return self
 
 

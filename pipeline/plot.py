@@ -141,6 +141,34 @@ def loss_curves(history: dict[str, list[float]]) -> Figure:
     return fig
 
 
+def kl_per_unit_curves(history: dict[str, list[float]], threshold: float) -> Figure:
+    """Each latent unit's KL per epoch on the validation subset, and the active units: where a
+    unit's curve falls to zero and stays, the unit has died (the posterior collapsed onto the prior)."""
+    units = sorted(key for key in history if key.startswith("val_kl_unit_"))
+    epochs = np.array(history["epoch"]) + 1
+    fig = Figure(figsize=(11, 4.5))
+    ax, count = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
+    colours = matplotlib.colormaps["viridis"]
+    for i, key in enumerate(units):
+        ax.plot(epochs, history[key], color=colours(i / max(1, len(units) - 1)), lw=1.2)
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set(
+        title=f"KL of each of the {len(units)} latent units (validation subset)",
+        xlabel="epoch",
+        ylabel="nats per image",
+    )
+    ax.grid(alpha=0.3)
+    count.plot(epochs, history["val_active_units"], marker="o", ms=3)
+    count.set(
+        title=f"Active units (variance of mean > {threshold:g})",
+        xlabel="epoch",
+        ylim=(0, len(units) + 0.5),
+    )
+    count.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def main() -> None:
     from pipeline.model import encode, load_vae  # TensorFlow, once `run_stage` has started it quietly
 
@@ -153,13 +181,15 @@ def main() -> None:
         vae = load_vae(MODEL)
         images, labels = test.images[: config.scatter_points], test.labels[: config.scatter_points]
         mu, _ = encode(vae.encoder, images, batch_size=params.evaluate.batch_size)
+        history = read_history(HISTORY)
         n = min(config.n_reconstructions, len(images))
         drawn = {  # by name, as `pipeline.figures` lists them
             "latent_scatter.png": latent_scatter(mu, labels),
             "latent_grid.png": latent_grid(vae, mu, config),
             "reconstructions.png": reconstructions(vae, data.to_model_input(images[:n]), labels[:n]),
             "prior_samples.png": prior_samples(vae, config.prior_grid, params.base.seed),
-            "loss_curves.png": loss_curves(read_history(HISTORY)),
+            "loss_curves.png": loss_curves(history),
+            "kl_per_unit.png": kl_per_unit_curves(history, params.evaluate.active_threshold),
         }
         FIGURES.mkdir(parents=True, exist_ok=True)
         for name in NAMES:

@@ -160,6 +160,7 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, t
             train=params.train,
             seed=params.train.seed,
             callbacks=[callbacks.EpochMetrics(), *pruning],
+            active_threshold=params.evaluate.active_threshold,
             verbose=0,
         )
         # With early stopping the model kept is the best epoch's, and so is the trial's value.

@@ -81,6 +81,7 @@ def main() -> None:
                 keras.callbacks.BackupAndRestore(str(BACKUP / "state"), double_checkpoint=True),
             ],
             state_dir=BACKUP,
+            active_threshold=params.evaluate.active_threshold,
         )
         history = read_history(BACKUP / "history.csv")
         final = {name: values[-1] for name, values in history.items() if name != "epoch"}

@@ -11,9 +11,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.model import VAE, batches, build_vae
+from pipeline.data import to_model_input
+from pipeline.model import VAE, active_units, batches, build_vae, kl_per_unit
 from pipeline.params import Model, PipelineError, Train
 from pipeline.stage import STOPPED
+
+LATENT_PROBE = 1000  # validation images on which each epoch's latent use is measured
 
 
 class TrainingError(PipelineError):
@@ -99,6 +102,24 @@ class LeverState(keras.callbacks.Callback):
                 old.unlink()
 
 
+class LatentUse(keras.callbacks.Callback):
+    """At each epoch's end, how the latent space is used on a fixed validation subset: the active
+    units (as `evaluate` counts them) and the KL of each unit, as `val_active_units` and
+    `val_kl_unit_NN`, so that `history.csv`, MLflow and the KL-per-unit figure show when units die."""
+
+    def __init__(self, images: np.ndarray, threshold: float):
+        super().__init__()
+        self.images = to_model_input(images[:LATENT_PROBE])
+        self.threshold = threshold
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        mu, logvar = (np.asarray(a) for a in self.model.encoder(self.images, training=False))
+        logs = logs if logs is not None else {}
+        logs["val_active_units"] = float(active_units(mu, self.threshold))
+        for unit, kl in enumerate(np.asarray(kl_per_unit(mu, logvar))):
+            logs[f"val_kl_unit_{unit:02d}"] = float(kl)
+
+
 class ResumedDataOrder(keras.callbacks.Callback):
     """A resumed fit draws each epoch's batches in the order an uninterrupted fit would have.
 
@@ -178,22 +199,32 @@ def fit_vae(
     seed: int,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     state_dir: Path | None = None,
+    active_threshold: float | None = None,
     verbose: int = 2,
 ) -> tuple[VAE, dict[str, list[float]]]:
     """Train a fresh VAE on uint8 images; return it and its per-epoch history (train and `val_` metrics).
 
     `train`'s schedule and early stopping act here, before `callbacks` see each epoch (so the
     learning rate reaches their logs); with `state_dir`, their state survives a kill there.
+    With `active_threshold`, each epoch also records the latent space's use (`LatentUse`).
     """
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same machine: same numbers
     steps_per_epoch = math.ceil(len(train_images) / train.batch_size)
-    vae = build_vae(model, train, seed, learning_rate=learning_rate(train, steps_per_epoch))
+    vae = build_vae(
+        model,
+        train,
+        seed,
+        learning_rate=learning_rate(train, steps_per_epoch),
+        steps_per_epoch=steps_per_epoch,
+    )
     chosen = levers(train)
     if chosen and state_dir is not None:
         chosen.append(LeverState(state_dir, chosen))
     if train.schedule != "constant" or train.warmup_epochs:  # the defaults' history keeps its columns
         chosen.insert(0, LearningRateInLogs())
+    if active_threshold is not None:  # before `callbacks`, so that their logs hold its figures
+        chosen.insert(0, LatentUse(val_images, active_threshold))
     shuffled = batches(train_images, train.batch_size, shuffle_seed=seed)
     history = vae.fit(
         shuffled,

@@ -139,7 +139,7 @@ def test_compare_report_opens_offline_with_every_image(repo, pages, artifacts):
     )
     page.goto(report.as_uri())
     images = page.evaluate("Array.from(document.images, i => [i.alt, i.complete && i.naturalWidth > 0])")
-    assert len(images) == 1 + 4 * 2  # the overlaid curves, then four figures per run
+    assert len(images) == 1 + 5 * 2  # the overlaid curves, then five figures per run
     assert [alt for alt, loaded in images if not loaded] == []
     differ = page.locator("#params tr.differs td:first-child").all_inner_texts()
     assert differ == ["model.latent_dim"]

@@ -25,15 +25,16 @@ def small_data(official_dir):
     return {name: split.images for name, split in splits.items()}
 
 
-def fit(small_data, callbacks=(), state_dir=None, **train):
+def fit(small_data, callbacks=(), state_dir=None, model=None, active_threshold=None, **train):
     return fit_vae(
         small_data["train"],
         small_data["val"],
-        model=Model(),
+        model=model or Model(),
         train=Train(batch_size=100, **train),
         seed=3,
         callbacks=callbacks,
         state_dir=state_dir,
+        active_threshold=active_threshold,
         verbose=0,
     )
 
@@ -148,3 +149,30 @@ def test_lever_state_puts_back_counters_and_best_weights(tmp_path):
     assert (plateau.best, plateau.wait) == (3.0, 1)
     for restored, expected in zip(stopping.best_weights, best_weights, strict=True):
         np.testing.assert_array_equal(restored, expected)
+
+
+def test_each_epoch_records_the_latent_use_and_changes_no_number(small_data):
+    _, watched = fit(small_data, epochs=2, model=Model(latent_dim=4), active_threshold=0.01)
+    _, same = fit(small_data, epochs=2, model=Model(latent_dim=4))
+    assert watched["val_loss"] == same["val_loss"] and watched["loss"] == same["loss"]  # only watched
+    assert "val_active_units" not in same
+    units = [f"val_kl_unit_{u:02d}" for u in range(4)]
+    assert sorted(k for k in watched if k.startswith("val_kl_unit_")) == units
+    assert all(0 <= count <= 4 for count in watched["val_active_units"])
+    assert all(watched[unit][-1] >= 0 for unit in units)
+    # The units' KL adds up to the validation KL (on a subset, with the analytic term: close).
+    assert sum(watched[unit][-1] for unit in units) == pytest.approx(watched["val_kl"][-1], rel=0.15)
+
+
+def test_kl_warm_up_and_free_bits_change_the_objective_but_not_the_reported_elbo(small_data):
+    _, plain = fit(small_data, epochs=2)
+    assert "objective" not in plain  # the defaults' history keeps its columns
+    _, warmed = fit(small_data, epochs=2, kl_warmup_epochs=1)
+    # During the warm-up the KL weighs less than 1, so the objective lies below the negative ELBO;
+    # Keras' `loss` stays reconstruction + KL, the figure every stage reports.
+    assert warmed["objective"][0] < warmed["loss"][0]
+    np.testing.assert_allclose(warmed["loss"], np.add(warmed["reconstruction"], warmed["kl"]), rtol=1e-5)
+    _, floored = fit(small_data, epochs=2, free_bits=5.0)  # far above any unit's KL in 2 epochs
+    # Each of the 2 units counts as at least 5 nats, so the objective is above the ELBO.
+    assert floored["objective"][-1] >= floored["reconstruction"][-1] + 2 * 5.0 - 1e-3
+    assert floored["loss"] != plain["loss"]  # the gradient changed, so the model did

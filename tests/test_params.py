@@ -48,6 +48,8 @@ def test_exponent_without_dot_is_a_float(tmp_path):
         ({"train": {"schedule": "cosine", "final_lr_fraction": 1.5}}, "train.final_lr_fraction"),
         ({"train": {"plateau_factor": 1}}, "train.plateau_factor"),
         ({"train": {"early_stopping": -1}}, "train.early_stopping"),
+        ({"train": {"kl_warmup_epochs": 30}}, "train.kl_warmup_epochs (30) must be below train.epochs (30)"),
+        ({"train": {"free_bits": -0.5}}, "train.free_bits"),
     ],
 )
 def test_bad_value_is_refused_naming_the_key(raw, key):
