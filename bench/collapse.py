@@ -122,6 +122,7 @@ def main() -> None:
         if options.figures:
             import mlflow
 
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             client = mlflow.MlflowClient(f"sqlite:///{clone / 'mlruns/mlflow.db'}")
             options.figures.mkdir(parents=True, exist_ok=True)
             for name, rows in table.items():
