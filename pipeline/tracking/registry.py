@@ -76,10 +76,14 @@ def _decide(
     `protocol`; return the version that holds it and why."""
     holder = _holder(client, name)
     if holder is not None and holder.tags.get(PROTOCOL) != protocol:
+        how = (
+            "before evaluation protocols were recorded"
+            if PROTOCOL not in holder.tags
+            else "under another protocol (other data or evaluation settings)"
+        )
         return str(holder.version), (
-            f"the champion, version {holder.version}, was evaluated under another protocol (other data "
-            "or evaluation settings), so the two are not compared; to move the alias: "
-            + promote_command(name, version, mlflow.get_tracking_uri())
+            f"the champion, version {holder.version}, was evaluated {how}, so the two are not compared; "
+            "to move the alias: " + promote_command(name, version, mlflow.get_tracking_uri())
         )
     groups: dict[str, list[float]] = {}
     latest: dict[str, int] = {}
