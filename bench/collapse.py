@@ -160,7 +160,9 @@ def main() -> None:
     else:  # the defaults' committed run: latent 2, seed 42, the full budget
         bar = json.loads((ROOT / "metrics/train.json").read_text())["val_loss"]
         source = "the committed defaults' (metrics/train.json, seed 42)"
-    print(f"stable: on every seed {options.min_active}+ active units, val_loss at most {bar:.2f}, {source}")
+    print(
+        f"stable if, on every seed: {options.min_active}+ active units, val_loss at most {bar:.2f}, {source}"
+    )
     stable = [
         name
         for name, rows in table.items()
