@@ -17,6 +17,7 @@ from pipeline.params import Model, PipelineError, Train
 from pipeline.stage import STOPPED
 
 LATENT_PROBE = 1000  # validation images on which each epoch's latent use is measured
+PASSES_PER_EPOCH = 2  # passes over the training data that Keras' `fit` begins each epoch: see ResumeExactly
 
 
 class TrainingError(PipelineError):
@@ -91,9 +92,7 @@ class LeverState(keras.callbacks.Callback):
                 arrays = {f"w{i}": w for i, w in enumerate(lever.best_weights)}
                 np.savez(self.folder / f"best-{epoch}.npz", **arrays)
         self.saved[str(epoch)] = states
-        partial = self.file.with_suffix(".partial")
-        partial.write_text(json.dumps(self.saved))
-        partial.replace(self.file)
+        _write_json(self.file, self.saved)
         # A resume starts after this epoch, or after one of the two before if a checkpoint broke.
         recent = [s for e in range(epoch - 2, epoch + 1) for s in self.saved.get(str(e), [])]
         keep = {f"best-{s['best_epoch']}.npz" for s in recent if "best_epoch" in s}
@@ -120,23 +119,54 @@ class LatentUse(keras.callbacks.Callback):
             logs[f"val_kl_unit_{unit:02d}"] = float(kl)
 
 
-class ResumedDataOrder(keras.callbacks.Callback):
-    """A resumed fit draws each epoch's batches in the order an uninterrupted fit would have.
+class ResumeExactly(keras.callbacks.Callback):
+    """A resumed fit goes on as an uninterrupted one would have: the same data order and the same
+    sampling noise at every epoch, so a killed and resumed training gives the same numbers.
 
     `batches` reshuffles on every pass over the data set, from its seed and the number of passes
-    so far; a resumed fit's data set is new, so it would start again from the first epoch's
-    order. Before the first epoch, this makes the passes of the epochs already done, which reads
-    no data. It must come after `BackupAndRestore`, which sets the epoch to resume from on the
-    model (`_initial_epoch`: Keras offers no public way to read it).
+    begun so far, and a resumed fit's data set is new: before its first epoch, this begins the
+    passes of the epochs already done, which reads no data. Keras' `fit` begins two passes an
+    epoch on a data set of known length (one at the epoch's start, whose order the epoch uses,
+    and one at its end that the next epoch's start replaces), so that is what is made again;
+    the fault test checks that a resumed run's numbers equal an uninterrupted one's.
+
+    The sampling layer's `SeedGenerator` state is not among the weights Keras' `BackupAndRestore`
+    saves: this writes it to `state_dir/sampling.json` at each epoch's end, before the checkpoint
+    (so it comes before `BackupAndRestore` in the callbacks), and puts back the one of the epoch
+    resumed after.
     """
 
-    def __init__(self, dataset: tf.data.Dataset):
+    def __init__(self, dataset, state_dir: Path | None):
         super().__init__()
         self.dataset = dataset
+        self.path = state_dir / "sampling.json" if state_dir is not None else None
+        self.started = False
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        for _ in range(getattr(self.model, "_initial_epoch", None) or 0):
+    def _saved(self) -> dict[str, list[int]]:
+        return json.loads(self.path.read_text()) if self.path and self.path.is_file() else {}
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self.started:
+            return
+        self.started = True  # `epoch` is the first this fit runs: after a resume, not 0
+        for _ in range(PASSES_PER_EPOCH * epoch):
             iter(self.dataset)
+        if epoch and self.path is not None:
+            self.model.sampling.seed_generator.state.assign(self._saved()[str(epoch - 1)])
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.path is not None:
+            state = [int(v) for v in np.asarray(self.model.sampling.seed_generator.state)]
+            # A resume starts after this epoch, or after one of the two before if a checkpoint broke.
+            saved = {k: v for k, v in self._saved().items() if int(k) >= epoch - 2}
+            _write_json(self.path, {**saved, str(epoch): state})
+
+
+def _write_json(path: Path, data) -> None:
+    """Replace a JSON file whole: a kill mid-write leaves the old one."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data))
+    partial.replace(path)
 
 
 def _plain(value):
@@ -225,13 +255,23 @@ def fit_vae(
         chosen.insert(0, LearningRateInLogs())
     if active_threshold is not None:  # before `callbacks`, so that their logs hold its figures
         chosen.insert(0, LatentUse(val_images, active_threshold))
-    shuffled = batches(train_images, train.batch_size, shuffle_seed=seed)
+    # Distributed here, as Keras would do it inside `fit`, so that `ResumeExactly` advances the
+    # very data set that `fit` iterates.
+    shuffled = tf.distribute.get_strategy().experimental_distribute_dataset(
+        batches(train_images, train.batch_size, shuffle_seed=seed)
+    )
     history = vae.fit(
         shuffled,
         epochs=train.epochs,
         validation_data=batches(val_images, train.batch_size),
         shuffle=False,  # `batches` shuffles, seeded
-        callbacks=[DivergenceGuard(), StopOnSignal(), *chosen, *callbacks, ResumedDataOrder(shuffled)],
+        callbacks=[
+            DivergenceGuard(),
+            StopOnSignal(),
+            *chosen,
+            ResumeExactly(shuffled, state_dir),
+            *callbacks,
+        ],
         verbose=verbose,
     )
     return vae, history.history

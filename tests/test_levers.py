@@ -106,6 +106,8 @@ def test_a_killed_fit_resumes_its_schedule_and_its_early_stopping(small_data, tm
     _, rest = fit(small_data, [backup()], state_dir=tmp_path, **settings)
 
     assert len(rest["loss"]) == 2  # epochs 2 and 3 only
+    # The same data order and sampling noise as the fit never killed: the same numbers.
+    assert rest["loss"] == whole["loss"][2:] and rest["val_loss"] == whole["val_loss"][2:]
     # The schedule follows the optimizer's step, which the checkpoint restored.
     np.testing.assert_allclose(rest["learning_rate"], whole["learning_rate"][2:], rtol=1e-6)
     # Early stopping went on counting from the state it had after epoch 1, not from nothing.
