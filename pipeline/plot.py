@@ -160,8 +160,9 @@ def kl_per_unit_curves(history: dict[str, list[float]], threshold: float) -> Fig
     ax.grid(alpha=0.3)
     count.plot(epochs, history["val_active_units"], marker="o", ms=3)
     count.set(
-        title=f"Active units (variance of mean > {threshold:g})",
+        title="Active units",
         xlabel="epoch",
+        ylabel=f"units whose mean varies by > {threshold:g}",
         ylim=(0, len(units) + 0.5),
     )
     count.grid(alpha=0.3)
