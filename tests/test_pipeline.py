@@ -46,7 +46,10 @@ def test_outputs_and_dvc_metrics(repo):
         "kl",
         "loss",
         "reconstruction",
+        "val_active_units",  # the latent space's use, on 1,000 validation images
         "val_kl",
+        "val_kl_unit_00",
+        "val_kl_unit_01",
         "val_loss",
         "val_reconstruction",
     ]
