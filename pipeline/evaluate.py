@@ -36,6 +36,8 @@ def rank_in_registry(test_loss: float, protocol: str, margin: float) -> str:
     )
     if holder == version:
         return f"; {name} version {version} is the {registry.CHAMPION} ({why})"
+    if not holder:
+        return f"; {name} has no {registry.CHAMPION}: {why}"
     return f"; the {registry.CHAMPION} is {name} version {holder}, not version {version}: {why}"
 
 

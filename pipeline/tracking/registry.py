@@ -73,39 +73,54 @@ def _decide(
     client: mlflow.MlflowClient, name: str, version: str, protocol: str, margin: float
 ) -> tuple[str, str]:
     """Move the alias where `selection.champion` says, among the versions evaluated under
-    `protocol`; return the version that holds it and why."""
+    `protocol` that recorded a `val_loss`; return the version that holds it ("" for none) and why.
+
+    A configuration that wins holds the alias with its version of lowest `val_loss`, chosen on
+    validation like the configuration, so a collapsed seed of a good configuration is not served.
+    """
     holder = _holder(client, name)
-    if holder is not None and holder.tags.get(PROTOCOL) != protocol:
+    held_by = str(holder.version) if holder is not None else ""
+    if math.isnan(version_val_loss(client.get_model_version(name, version))):
+        return (
+            held_by,
+            f"version {version} has no {VAL_LOSS} tag (trained before it was recorded): not compared",
+        )
+    if holder is not None and (holder.tags.get(PROTOCOL) != protocol or math.isnan(version_val_loss(holder))):
         how = (
             "before evaluation protocols were recorded"
             if PROTOCOL not in holder.tags
             else "under another protocol (other data or evaluation settings)"
+            if holder.tags.get(PROTOCOL) != protocol
+            else f"without a {VAL_LOSS} tag"
         )
-        return str(holder.version), (
+        return held_by, (
             f"the champion, version {holder.version}, was evaluated {how}, so the two are not compared; "
             "to move the alias: " + promote_command(name, version, mlflow.get_tracking_uri())
         )
     groups: dict[str, list[float]] = {}
-    latest: dict[str, int] = {}
+    best: dict[str, tuple[float, int]] = {}  # by configuration: its lowest val_loss, and that version
     for other in client.search_model_versions(f"name = '{name}'"):
-        if other.tags.get(PROTOCOL) == protocol and not math.isnan(version_val_loss(other)):
+        loss = version_val_loss(other)
+        if other.tags.get(PROTOCOL) == protocol and not math.isnan(loss):
             config = version_config(other)
-            groups.setdefault(config, []).append(version_val_loss(other))
-            latest[config] = max(latest.get(config, 0), int(other.version))
+            groups.setdefault(config, []).append(loss)
+            best[config] = min(best.get(config, (math.inf, 0)), (loss, int(other.version)))
     held = version_config(holder) if holder is not None else None
     winner, why = selection.champion(held, groups, margin)
     mine = version_config(client.get_model_version(name, version))
-    if winner == held:
-        if str(holder.version) == version:
+    if holder is not None and winner == held:
+        if held_by == version:
             return version, "re-evaluated"
         if mine == held:
             n = len(groups[held])
-            return str(holder.version), (
+            return held_by, (
                 f"another seed of the champion's configuration (version {holder.version}), "
                 f"whose mean {selection.SELECT_BY} is now {selection.score(groups[held]):.3f} over {n} seeds"
             )
-        return str(holder.version), why
-    target = version if winner == mine else str(latest[winner])
+        return held_by, why
+    target = str(best[winner][1])
+    if target != version:
+        why += f"; the alias goes to version {target}, that configuration's lowest {VAL_LOSS}"
     client.set_registered_model_alias(name, CHAMPION, target)
     return target, why
 
@@ -115,10 +130,11 @@ def record_evaluation(
 ) -> tuple[str, str]:
     """Tag the version with its `test_loss` and evaluation protocol; move `champion` as
     `selection.champion` decides on the versions' `val_loss`; return the version that holds the
-    alias, and why.
+    alias ("" for none), and why.
 
-    On a shared tracking server two evaluations may decide at once; each decides a second time
-    after the first, from what both recorded, so they agree on where the alias ends.
+    On a shared tracking server two evaluations may decide at once, each from what the other had
+    recorded by then; each decides a second time after the first, from what both recorded, so
+    that a decision made without the other's figures is made again with them.
     """
     client = mlflow.MlflowClient()
     with _exclusive():
@@ -126,9 +142,9 @@ def record_evaluation(
         client.set_model_version_tag(name, version, PROTOCOL, protocol)
         holder, why = _decide(client, name, version, protocol, margin)
         if not mlflow.get_tracking_uri().startswith("sqlite:///"):
-            again, _ = _decide(client, name, version, protocol, margin)
+            again, why_again = _decide(client, name, version, protocol, margin)
             if again != holder:
-                holder, why = again, f"after another evaluation that ended at the same time: {why}"
+                holder, why = again, f"after another evaluation that ended at the same time: {why_again}"
         return holder, why
 
 
