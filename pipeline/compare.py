@@ -46,9 +46,13 @@ CURVES = ("loss", "reconstruction", "kl")
 STUDY_TRIALS = 4
 PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
 ALPHA = 0.05  # Welch's t-test: a difference is shown when p (adjusted, off the primary row) is below this
-# The metric a comparison is decided on: the first that every configuration has. Validation
-# first, as configurations are chosen; test_loss for runs from before validation was logged.
-PRIMARY = (selection.SELECT_BY, selection.TRIAL_SELECT_BY, selection.REPORTED)
+# The metric a comparison is decided on: the first of these that every configuration has.
+# Runs a user names are being chosen between, so validation first, as every choice is made (test
+# for runs from before validation was logged). Runs that `--best` picked by their validation loss
+# were chosen already: the test set reports on them, and a test on the very metric that picked
+# them would be optimistic.
+CHOOSING = (selection.SELECT_BY, selection.TRIAL_SELECT_BY, selection.REPORTED)
+REPORTING = (selection.REPORTED, selection.SELECT_BY, selection.TRIAL_SELECT_BY)
 SUMMARY = (
     "val_loss",
     "objective_val_loss",
@@ -74,6 +78,7 @@ class RunView:
     figures: dict[str, bytes] = field(default_factory=dict)
     versions: list[dict[str, str]] = field(default_factory=list)  # registered: name, version, aliases
     environment: dict[str, str] = field(default_factory=dict)  # the `env.*` tags, prefix dropped
+    replicate_of: str = ""  # a confirming sweep trial: the trial it repeats on another seed
 
 
 def collect(run) -> RunView:
@@ -107,6 +112,7 @@ def collect(run) -> RunView:
             for version in registry.versions_of_run(run_id)
         ],
         environment={k.removeprefix(PREFIX): v for k, v in tags.items() if k.startswith(PREFIX)},
+        replicate_of=tags.get("optuna.replicate_of", ""),
     )
 
 
@@ -137,13 +143,15 @@ class Group:
     name: str = ""  # what sets it apart from the others compared: see `group_runs`
 
     def values(self, key: str) -> list[float]:
-        """The finite values of a metric over the runs."""
-        return [v for run in self.runs if (v := run.metrics.get(key)) is not None and math.isfinite(v)]
+        """The finite values of a metric over the runs; for a sweep trial confirmed on other seeds,
+        over those seeds alone, as `tune` ranks it (the seed that selected it is optimistic)."""
+        runs = [run for run in self.runs if run.replicate_of] or self.runs
+        return [v for run in runs if (v := run.metrics.get(key)) is not None and math.isfinite(v)]
 
 
 def group_runs(runs: list[RunView]) -> list[Group]:
     """Runs by configuration, in the order each configuration first appears, each named by every
-    setting in which the configurations differ (`latent_dim 16, schedule cosine`). A single
+    setting in which the configurations differ (`model.latent_dim 16, train.schedule cosine`). A single
     configuration, or one that differs only in its data or code, takes its first run's name
     without the seed."""
     groups: dict[str, Group] = {}
@@ -156,7 +164,7 @@ def group_runs(runs: list[RunView]) -> list[Group]:
     ]
     keys = sorted({k for params in settings for k in params if len({p.get(k) for p in settings}) > 1})
     for group, params in zip(found, settings, strict=True):
-        named = ", ".join(f"{key.rsplit('.', 1)[-1]} {params.get(key, '—')}" for key in keys)
+        named = ", ".join(f"{key} {params.get(key, '—')}" for key in keys)
         group.name = named or re.sub(r", seed \d+", "", group.runs[0].name).split(" · ")[0]
     return found
 
@@ -216,14 +224,17 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def verdicts(keys: list[str], groups: list[Group]) -> dict[str, tuple[int | None, str]]:
+def verdicts(
+    keys: list[str], groups: list[Group], primary_order: tuple[str, ...] = CHOOSING
+) -> dict[str, tuple[int | None, str]]:
     """For each metric, the configuration marked best (or None) and the row's verdict.
 
-    One primary metric (`PRIMARY`) carries the comparison at p < ALPHA. Every other metric with a
+    One primary metric (the first of `primary_order` that every group has) carries the
+    comparison at p < ALPHA. Every other metric with a
     better side is tested too, but its p is adjusted for the number of them (`holm`), so that
     among twenty rows none is "shown" by chance more than one time in twenty.
     """
-    primary = next((key for key in PRIMARY if all(group.values(key) for group in groups)), None)
+    primary = next((key for key in primary_order if all(group.values(key) for group in groups)), None)
     tested = {key: welch(key, [group.values(key) for group in groups]) for key in keys}
     others = [key for key, (_, p, _) in tested.items() if p is not None and key != primary]
     adjusted = dict(zip(others, holm([tested[k][1] for k in others]), strict=True))
@@ -295,13 +306,15 @@ def param_rows(groups: list[Group], attribute: str = "params") -> tuple[list[dic
     return differ, same
 
 
-def metric_rows(groups: list[Group]) -> tuple[list[dict], list[dict]]:
+def metric_rows(
+    groups: list[Group], primary_order: tuple[str, ...] = CHOOSING
+) -> tuple[list[dict], list[dict]]:
     """Metrics as rows `{key, better, cells, best, verdict}`, one cell (a `Spread`) per
     configuration: the main ones (test, then the final epoch's), and per class."""
     keys = sorted(
         {key for group in groups for run in group.runs for key in run.metrics}, key=lambda k: ("/" in k, k)
     )
-    decided = verdicts(keys, groups)
+    decided = verdicts(keys, groups, primary_order)
     rows = [
         {
             "key": key,
@@ -316,7 +329,7 @@ def metric_rows(groups: list[Group]) -> tuple[list[dict], list[dict]]:
     return [row for row in rows if row not in per_class], per_class
 
 
-def summary_lines(groups: list[Group]) -> list[str]:
+def summary_lines(groups: list[Group], primary_order: tuple[str, ...] = CHOOSING) -> list[str]:
     """One line per configuration: n, then mean ± sd and range of the summary metrics; then, for
     each of them, which configuration is best or why none is."""
     lines = []
@@ -335,7 +348,7 @@ def summary_lines(groups: list[Group]) -> list[str]:
                 f"that shapes the numbers ({', '.join(codes)}), so its spread includes their difference"
             )
     keys = sorted({key for group in groups for run in group.runs for key in run.metrics})
-    decided = verdicts(keys, groups)
+    decided = verdicts(keys, groups, primary_order)
     for key in SUMMARY:
         best, why = decided.get(key, (None, ""))
         if best is not None:
@@ -345,12 +358,12 @@ def summary_lines(groups: list[Group]) -> list[str]:
     return lines
 
 
-def render(groups: list[Group], *, title: str) -> str:
+def render(groups: list[Group], *, title: str, primary_order: tuple[str, ...] = CHOOSING) -> str:
     """The whole report as one HTML page."""
     runs = [run for group in groups for run in group.runs]
     differ, same = param_rows(groups)
     env_differ, env_same = param_rows(groups, "environment")
-    metrics, per_class = metric_rows(groups)
+    metrics, per_class = metric_rows(groups, primary_order)
     shown = [next((run for run in group.runs if run.figures), group.runs[0]) for group in groups]
     figures = [
         {"title": figure.caption, "cells": [run.figures.get(figure.name) for run in shown]}
@@ -435,9 +448,10 @@ def main(argv: list[str] | None = None) -> None:
     groups = group_runs([collect(run) for run in runs])
     counts = f"{plural(len(runs), 'run')} of {plural(len(groups), 'configuration')}"
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(groups, title=f"Comparing {counts}: {how}"))
+    primary_order = REPORTING if args.best is not None and args.study is None else CHOOSING
+    args.output.write_text(render(groups, title=f"Comparing {counts}: {how}", primary_order=primary_order))
     run_id = queries.log_comparison(experiment_id, args.output, runs, how)
-    for line in summary_lines(groups):
+    for line in summary_lines(groups, primary_order):
         print(f"compare: {line}")
     print(
         f"compare: {counts} in {args.output}\n"

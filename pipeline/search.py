@@ -42,6 +42,7 @@ MONITOR = "val_loss"
 # A confirming trial's user attributes: the trial it repeats, and its training seed.
 REPLICATE_OF = "replicate_of"
 SEED = "train.seed"
+DIVERGED = "diverged"  # a failed trial's user attribute when its training diverged
 
 
 def storage_url(tune: Tune) -> str:
@@ -153,20 +154,25 @@ def objective(trial: optuna.Trial, *, raw: dict[str, Any], parent_run_id: str, t
         trial_number=trial.number,
         tags=tags,
     ) as outcome:
-        _, history = fit_vae(
-            train_images,
-            val_images,
-            model=params.model,
-            train=params.train,
-            seed=params.train.seed,
-            callbacks=[callbacks.EpochMetrics(), *pruning],
-            active_threshold=params.evaluate.active_threshold,
-            verbose=0,
-        )
-        # With early stopping the model kept is the best epoch's, and so is the trial's value.
-        value = min(history[MONITOR]) if params.train.early_stopping else history[MONITOR][-1]
-        if not math.isfinite(value):
-            raise TrainingError(f"trial {trial.number}: {MONITOR} became {value}; training diverged")
+        try:
+            _, history = fit_vae(
+                train_images,
+                val_images,
+                model=params.model,
+                train=params.train,
+                seed=params.train.seed,
+                callbacks=[callbacks.EpochMetrics(), *pruning],
+                active_threshold=params.evaluate.active_threshold,
+                verbose=0,
+            )
+            # With early stopping the model kept is the best epoch's, and so is the trial's value.
+            value = min(history[MONITOR]) if params.train.early_stopping else history[MONITOR][-1]
+            if not math.isfinite(value):
+                raise TrainingError(f"trial {trial.number}: {MONITOR} became {value}; training diverged")
+        except TrainingError:  # a failure of the settings, not of the machine
+            outcome["diverged"] = True
+            trial.set_user_attr(DIVERGED, True)
+            raise
         outcome["value"] = value
     return value
 
@@ -230,12 +236,14 @@ def finished_count(study: optuna.Study) -> int:
 
 def study_settings(params: Params) -> dict[str, Any]:
     """What decides a study's trials: the space, the trials' own settings (their budget and data
-    among them, as `configuration.settings` writes them), the sampler and its seed, the pruner,
-    and the confirming. Not how many trials, where, on how many workers or for how long."""
+    settings among them, as `configuration.settings` writes them) and training seed, the sampler
+    and its seed, the pruner, and the confirming. Not how many trials, where, on how many
+    workers or for how long."""
     tune = params.tune
     return {
         "space": {key: dim.model_dump(exclude_defaults=True) for key, dim in sorted(tune.space.items())},
         "trials": {k: v for k, v in configuration.settings(params).items() if k not in tune.space},
+        "trial_seed": params.train.seed,  # the searched trials', which the confirming seeds follow
         "sampler": tune.sampler,
         "seed": params.base.seed,
         "pruner": [tune.pruner, tune.pruner_startup_trials, tune.pruner_warmup_epochs],
@@ -338,15 +346,16 @@ def fail_trials(study: optuna.Study, numbers: list[int]) -> None:
 
 def configurations(study: optuna.Study) -> dict[int, list[float]]:
     """`selection.sweep_groups` of the study: by searched trial, its value, then its confirming
-    seeds' (NaN for one that failed)."""
+    seeds' (NaN for one whose training diverged)."""
     entries = []
     for trial in sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number):
         if REPLICATE_OF not in trial.user_attrs:
             if trial.state == TrialState.COMPLETE:
                 entries.append((trial.number, None, trial.value))
-        elif trial.state != TrialState.PRUNED:  # pruned: a duplicate that stood down
+        elif trial.state == TrialState.COMPLETE or trial.user_attrs.get(DIVERGED):
             value = trial.value if trial.state == TrialState.COMPLETE else math.nan
             entries.append((trial.user_attrs[REPLICATE_OF], trial.user_attrs[SEED], value))
+        # Neither: a duplicate that stood down (pruned), or a worker stopped or killed: queued again.
     return selection.sweep_groups(entries)
 
 
@@ -375,7 +384,12 @@ def enqueue_replicates(study: optuna.Study, top: int, seeds: int, first_seed: in
     groups = configurations(study)
     trials = study.get_trials(deepcopy=False)
     searched = [trials[number] for number in sorted(groups, key=lambda n: groups[n][0])[:top]]
-    held = {(t.user_attrs[REPLICATE_OF], t.user_attrs[SEED]) for t in trials if REPLICATE_OF in t.user_attrs}
+    standing = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
+    held = {  # a seed whose worker was stopped or killed, or that stood down, is queued again
+        (t.user_attrs[REPLICATE_OF], t.user_attrs[SEED])
+        for t in trials
+        if REPLICATE_OF in t.user_attrs and (t.state in standing or t.user_attrs.get(DIVERGED))
+    }
     waiting = sum(t.state not in FINISHED for t in trials if REPLICATE_OF in t.user_attrs)
     for trial in searched:
         for seed in range(first_seed + 1, first_seed + 1 + seeds):

@@ -150,7 +150,7 @@ def test_compare_report_opens_offline_with_every_image(repo, pages, artifacts):
     assert test_loss.locator("td.best").count() == 0
     assert test_loss.locator("td.verdict").inner_text() == "no test: n = 1"
     headers = page.locator("#metrics th").all_inner_texts()
-    assert headers[1:] == ["better", "latent_dim 2 (n = 1)", "latent_dim 3 (n = 1)", "verdict"]
+    assert headers[1:] == ["better", "model.latent_dim 2 (n = 1)", "model.latent_dim 3 (n = 1)", "verdict"]
     # One registered version per trained run: run, model, version, aliases, the promote command.
     # Latent 3 took `champion` only if its validation loss beat latent 2's by more than the margin.
     losses = {k: runs[k].data.metrics["val_loss"] for k in ("2", "3")}
@@ -348,7 +348,7 @@ def test_replicates_queued_through_dvc_are_grouped_with_their_spread(repo, mlflo
     losses = {d: [r.data.metrics["test_loss"] for r in group] for d, group in by_latent.items()}
     for d, values in losses.items():
         mean, sd = statistics.fmean(values), statistics.stdev(values)
-        assert f"latent_dim {d} [" in result.stdout  # named by what sets it apart
+        assert f"model.latent_dim {d} [" in result.stdout  # named by what sets it apart
         assert (
             "n = 3; val_loss " in result.stdout
             and f"test_loss {mean:.5g} ± {sd:.2g} ({min(values):.4g}..{max(values):.4g})" in result.stdout
@@ -357,23 +357,23 @@ def test_replicates_queued_through_dvc_are_grouped_with_their_spread(repo, mlflo
     errors: list[str] = []
     page = pages(errors, viewport={"width": 1300, "height": 900})
     page.goto(report.as_uri())
-    # Configurations are ranked and decided on validation: the primary row, tested by Welch's t-test.
+    # --best ranks the configurations on validation: best first.
     chosen = {d: [r.data.metrics["val_loss"] for r in group] for d, group in by_latent.items()}
     row = page.locator("#metrics tr", has_text="val_loss").first
     assert [cell.split("\n")[0] for cell in row.locator("td.num").all_inner_texts()] == [
         f"{statistics.fmean(chosen[d]):.5g} ± {statistics.stdev(chosen[d]):.2g}"
-        for d in sorted(chosen, key=lambda d: statistics.fmean(chosen[d]))  # --best: best first
+        for d in sorted(chosen, key=lambda d: statistics.fmean(chosen[d]))
     ]
-    p = ttest_ind(chosen["2"], chosen["3"], equal_var=False).pvalue
-    if p < 0.05:
-        assert row.locator("td.best").count() == 1
-        assert row.locator("td.verdict").inner_text() == f"primary: p = {p:.2g}"
-    else:
-        assert row.locator("td.best").count() == 0
-        assert row.locator("td.verdict").inner_text() == f"not shown to differ (primary: p = {p:.2g})"
-    # The test set reports; its row's p is adjusted for the other rows tested.
+    assert "adjusted over" in row.locator("td.verdict").inner_text()
+    # Chosen on validation, so the test set reports, and its row carries Welch's t-test.
     test_row = page.locator("#metrics tr", has_text="test_loss").first
-    assert "adjusted over" in test_row.locator("td.verdict").inner_text()
+    p = ttest_ind(losses["2"], losses["3"], equal_var=False).pvalue
+    if p < 0.05:
+        assert test_row.locator("td.best").count() == 1
+        assert test_row.locator("td.verdict").inner_text() == f"primary: p = {p:.2g}"
+    else:
+        assert test_row.locator("td.best").count() == 0
+        assert test_row.locator("td.verdict").inner_text() == f"not shown to differ (primary: p = {p:.2g})"
     assert page.locator("#per-run tr").first.locator("th").count() == 1 + 6  # every run, folded
     differ = page.locator("#params tr.differs td:first-child").all_inner_texts()
     assert differ == ["model.latent_dim", "train.seed", "train.threads"]

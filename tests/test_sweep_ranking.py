@@ -8,19 +8,30 @@ import optuna
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from pipeline.search import REPLICATE_OF, SEED, best_configuration, configurations, duplicate_of
+from pipeline.search import (
+    DIVERGED,
+    REPLICATE_OF,
+    SEED,
+    best_configuration,
+    configurations,
+    duplicate_of,
+    enqueue_replicates,
+)
 
 SPACE = {"model.latent_dim": IntDistribution(2, 64)}
 
 
 def add(study, latent_dim: int, value: float | None, state=TrialState.COMPLETE, **attrs) -> None:
+    user_attrs = {REPLICATE_OF: attrs["of"], SEED: attrs["seed"]} if "of" in attrs else {}
+    if attrs.get("diverged"):
+        user_attrs[DIVERGED] = True
     study.add_trial(
         create_trial(
             params={"model.latent_dim": latent_dim},
             distributions=SPACE,
             value=value,
             state=state,
-            user_attrs={REPLICATE_OF: attrs["of"], SEED: attrs["seed"]} if attrs else {},
+            user_attrs=user_attrs,
         )
     )
 
@@ -33,7 +44,7 @@ def test_the_best_is_scored_on_seeds_that_did_not_select_it_and_a_failed_seed_co
     add(study, 16, 250.0, of=0, seed=43)
     add(study, 8, 245.0, of=1, seed=43)
     add(study, 32, 241.0, of=2, seed=43)
-    add(study, 32, None, TrialState.FAIL, of=2, seed=44)  # diverged
+    add(study, 32, None, TrialState.FAIL, of=2, seed=44, diverged=True)
     add(study, 8, 246.0, of=1, seed=44)
     add(study, 8, 999.0, of=1, seed=44)  # queued twice by two launchers: the first counts
     assert configurations(study) == {0: [240.0, 250.0], 1: [244.0, 245.0, 246.0], 2: [243.0, 241.0, math.nan]}
@@ -42,12 +53,15 @@ def test_the_best_is_scored_on_seeds_that_did_not_select_it_and_a_failed_seed_co
     assert best["best_value"] == 245.5 and best["best_selected_by"] == 244.0
 
 
-def test_a_completed_retry_replaces_the_failure_of_a_killed_worker():
+def test_a_seed_whose_worker_was_stopped_is_left_out_and_queued_again():
     study = optuna.create_study()
     add(study, 16, 240.0)
-    add(study, 16, None, TrialState.FAIL, of=0, seed=43)
-    add(study, 16, 242.0, of=0, seed=43)
-    assert configurations(study) == {0: [240.0, 242.0]}
+    add(study, 16, None, TrialState.FAIL, of=0, seed=43)  # stopped: not the settings' fault
+    add(study, 16, None, TrialState.FAIL, of=0, seed=44, diverged=True)
+    assert configurations(study) == {0: [240.0, math.nan]}
+    assert enqueue_replicates(study, top=1, seeds=2, first_seed=42) == 3 + 1  # 43 again, not 44
+    (queued,) = study.get_trials(states=(TrialState.WAITING,))
+    assert queued.user_attrs == {REPLICATE_OF: 0, SEED: 43}
 
 
 def test_a_confirming_trial_queued_twice_runs_once():

@@ -94,6 +94,8 @@ def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.enti
     entries, shown = [], {}
     for trial in trials:
         tags, complete = trial.data.tags, trial.data.tags["optuna.state"] == "COMPLETE"
+        if not complete and tags.get("optuna.diverged") != "true":
+            continue  # stopped or killed, not the settings' failure: `tune` queues it again
         value = trial.data.metrics.get(selection.TRIAL_SELECT_BY, math.nan) if complete else math.nan
         if "optuna.replicate_of" in tags:
             key, seed = int(tags["optuna.replicate_of"]), int(trial.data.params["train.seed"])

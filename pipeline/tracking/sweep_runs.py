@@ -83,7 +83,8 @@ def trial_run(
 ) -> Iterator[dict[str, Any]]:
     """A child run for one Optuna trial with the full effective params and the worker's `tags`.
 
-    The block sets `outcome["value"]`; the run's status and `optuna.state` tag follow
+    The block sets `outcome["value"]`, or `outcome["diverged"]` (tagged `optuna.diverged`) when
+    training diverged; the run's status and `optuna.state` tag follow
     how the block ends: normally (COMPLETE), by `optuna.TrialPruned` (PRUNED), or otherwise (FAIL).
     """
     from optuna import TrialPruned  # here, so the stages that never prune do not import Optuna
@@ -120,6 +121,8 @@ def trial_run(
         raise
     finally:
         mlflow.set_tag("optuna.state", state)
+        if outcome.get("diverged"):
+            mlflow.set_tag("optuna.diverged", "true")
         if "value" in outcome:
             mlflow.log_metric("objective_val_loss", outcome["value"])
         mlflow.end_run(status=TRIAL_STATUS[state])
