@@ -38,9 +38,9 @@ NO_EFFECT = (
     "tune.",
 )
 PLATEAU_ONLY = ("train.plateau_factor", "train.plateau_patience")
-# The modules whose code shapes a run's numbers: the model and its loss, the training loop, the
-# evaluation's measures.
-CODE = ("model.py", "training.py", "measures.py")
+# The modules whose code shapes a run's numbers: the data's split, the model and its loss, the
+# training loop and what `train` keeps of it, the evaluation and its measures.
+CODE = ("data.py", "model.py", "training.py", "train.py", "evaluate.py", "measures.py")
 DEFAULTS = flatten(Params())
 
 
