@@ -1,7 +1,8 @@
 """Collapse of a larger latent space, seed by seed: latent 16 with and without each lever.
 
     python bench/collapse.py        # latent 16, 30 epochs, seeds 3 1 2 4 5: none, the levers, the defaults
-    python bench/collapse.py --seeds 3 --epochs 2 --train-size 1000 --test-size 500   # a quick look
+    python bench/collapse.py --seeds 3 --epochs 2 --train-size 1000 --test-size 500 \
+        --variant none= --variant warm=train.kl_warmup_epochs=1      # a quick look (a warm-up below 2 epochs)
 
 In a clone of this repository's last commit, with its own DVC cache and MLflow store
 (`replicates.make_clone`), every variant and seed is one DVC experiment, queued as the README
