@@ -29,14 +29,19 @@ def reconstruction_loss(x, logits):
     return ops.sum(ops.reshape(per_pixel, (ops.shape(per_pixel)[0], -1)), axis=1)
 
 
+def _twice_kl(mu, logvar):
+    """Twice the analytic KL(N(mu, sigma^2) || N(0, 1)) of each unit of each row."""
+    return ops.square(mu) + ops.exp(logvar) - logvar - 1.0
+
+
 def kl_divergence(mu, logvar):
     """Analytic KL(N(mu, sigma^2) || N(0, I)) per row: `(batch, latent)` -> `(batch,)`."""
-    return 0.5 * ops.sum(ops.square(mu) + ops.exp(logvar) - logvar - 1.0, axis=-1)
+    return 0.5 * ops.sum(_twice_kl(mu, logvar), axis=-1)
 
 
 def kl_per_unit(mu, logvar):
     """The analytic KL of each latent unit, averaged over the rows: `(batch, latent)` -> `(latent,)`."""
-    return ops.mean(0.5 * (ops.square(mu) + ops.exp(logvar) - logvar - 1.0), axis=0)
+    return 0.5 * ops.mean(_twice_kl(mu, logvar), axis=0)
 
 
 def active_units(mu: np.ndarray, threshold: float) -> int:

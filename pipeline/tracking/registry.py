@@ -80,7 +80,8 @@ def _decide(
     """
     holder = _holder(client, name)
     held_by = str(holder.version) if holder is not None else ""
-    if math.isnan(version_val_loss(client.get_model_version(name, version))):
+    evaluated = client.get_model_version(name, version)
+    if math.isnan(version_val_loss(evaluated)):
         return (
             held_by,
             f"version {version} has no {VAL_LOSS} tag (trained before it was recorded): not compared",
@@ -107,7 +108,7 @@ def _decide(
             best[config] = min(best.get(config, (math.inf, 0)), (loss, int(other.version)))
     held = version_config(holder) if holder is not None else None
     winner, why = selection.champion(held, groups, margin)
-    mine = version_config(client.get_model_version(name, version))
+    mine = version_config(evaluated)
     if holder is not None and winner == held:
         if held_by == version:
             return version, "re-evaluated"
