@@ -26,7 +26,7 @@ from pathlib import Path
 
 from replicates import dvc, make_clone  # bench/, beside this script
 
-# The README's preset (bench/time_to_quality.py chose it): a third of the defaults' epochs.
+# The preset of docs/speed.md (bench/time_to_quality.py chose it): a third of the defaults' epochs.
 PRESET = "train.epochs=9 train.learning_rate=0.012 train.schedule=cosine train.warmup_epochs=1"
 
 

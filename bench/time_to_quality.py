@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Candidates, each a set of `dvc exp run -S` overrides of the defaults: one per schedule, both at
-# a third of the defaults' epochs (README, Speed: time to quality, for how they were chosen).
+# a third of the defaults' epochs (docs/results.md, time to quality, for how they were chosen).
 PRESETS: dict[str, dict[str, object]] = {
     "cosine": {
         "train.epochs": 9,
