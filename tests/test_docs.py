@@ -1,5 +1,6 @@
-"""The README and `docs/` stay true: every relative link and anchor resolves, every command and
-option they show exists, every `params.yaml` key they name exists, and the README stays short."""
+"""The README and `docs/` stay true: every relative link and anchor resolves, every
+`python -m pipeline.X`, `python bench/X.py` and `bash X.sh` they show exists with the options
+shown, every `params.yaml` key they name exists, and the README stays short."""
 
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ README_LINES = 200
 
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)|<(?:img|a)\s[^>]*(?:src|href)=\"([^\"]+)\"")
-INLINE_CODE = re.compile(r"`([^`\n]+)`")
+INLINE_CODE = re.compile(r"(?<!`)`([^`]+)`(?!`)")  # a span may wrap onto the next line
 COMMAND = re.compile(r"python (?:-m (pipeline(?:\.\w+)+)|(bench/\w+\.py))([^|;&)\n]*)")
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-[A-Za-z])\b")
 SECTIONS = ("base", "data", "model", "train", "evaluate", "plot", "tune")
 KEY = re.compile(rf"(?<![\w./-])((?:{'|'.join(SECTIONS)})(?:\.[A-Za-z_]\w*)+(?:\.?\*)?)(?![\w(/-])")
 NOT_PARAMS = {"model.sha256"}  # a run's tag: the saved model's digest
+SCRIPT = re.compile(r"\bbash ((?:scripts|bench|\.ci)/[\w.]+)")
 FILE_SUFFIX = re.compile(r"\.(py|json|yaml|csv|keras|png|md|html|lock|log|npz|sh)$")
 
 
@@ -58,7 +60,8 @@ def anchors(path: Path) -> set[str]:
 def code(text: str, *, python: bool = True) -> list[str]:
     """The lines of every fenced block (Python's only if `python`) and every inline code span."""
     blocks = [body for lang, body in FENCE.findall(text) if python or lang != "python"]
-    return [line for body in blocks for line in body.splitlines()] + INLINE_CODE.findall(prose(text))
+    lines = [line for body in blocks for line in body.replace("\\\n", " ").splitlines()]
+    return lines + [span.replace("\n", " ") for span in INLINE_CODE.findall(prose(text))]
 
 
 def test_the_readme_stays_short_and_maps_every_page():
@@ -114,8 +117,15 @@ def test_every_command_and_option_shown_exists():
             missing.append(f"{document}: {command}: no such module or script")
         elif options:
             usage = help_text(command)
-            missing += [f"{document}: {command} {option}" for option in sorted(options) if option not in usage]
+            named = set(OPTION.findall(usage))
+            missing += [f"{document}: {command} {option}" for option in sorted(options) if option not in named]
     assert missing == []
+
+
+def test_every_shell_script_shown_exists():
+    shown = {(document.name, script) for document in DOCUMENTS for line in code(document.read_text())
+             for script in SCRIPT.findall(line)}  # fmt: skip
+    assert shown and [f"{name}: {script}" for name, script in sorted(shown) if not (ROOT / script).is_file()] == []
 
 
 def params_has(key: str) -> bool:
