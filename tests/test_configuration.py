@@ -53,7 +53,7 @@ def test_the_data_is_part_of_the_configuration():
 def test_the_defaults_are_no_settings_so_a_new_key_at_its_default_keeps_every_id():
     assert settings(params({})) == {}
     assert settings(params({"train.epochs": 9, "train.seed": 3})) == {"train.epochs": 9}
-    # Fixed: changing it changes the id of every run already recorded (re-tag them; README).
+    # Fixed: changing it changes the id of every run already recorded (re-tag them: docs/experiments.md).
     assert config_id(params({}), DATA) == "3dd8cedf0827"
 
 

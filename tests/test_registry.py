@@ -1,4 +1,4 @@
-"""The champion alias on a real MLflow store: configurations compared by their mean `test_loss`,
+"""The champion alias on a real MLflow store: configurations compared by their mean `val_loss`,
 beyond a margin. Versions are made directly, with the tags `train` sets, so that each case's
 numbers are exact; `tests/test_logged_model.py` runs the same rule through `dvc repro`."""
 
