@@ -64,6 +64,15 @@ def queue(clone: Path, variants: dict[str, dict], seeds: list[int]) -> None:
             dvc(["exp", "run", "--queue", "-n", f"{name}-s{seed}", *args], clone)
 
 
+def run_queue(clone: Path, jobs: int) -> float:
+    """`dvc queue start -j jobs`, then wait until nothing is queued or running; the wall seconds."""
+    start = time.perf_counter()
+    dvc(["queue", "start", "-j", str(jobs)], clone)
+    while {"Queued", "Running"} & set(statuses(clone)):
+        time.sleep(10)
+    return time.perf_counter() - start
+
+
 def results(clone: Path) -> dict[str, dict]:
     """Each experiment's figures, by its name, from the clone's MLflow store."""
     import mlflow
@@ -114,11 +123,7 @@ def main() -> None:
                   "data.test_size": options.test_size}  # fmt: skip
         make_clone(clone, budget)
         queue(clone, variants, options.seeds)
-        start = time.perf_counter()
-        dvc(["queue", "start", "-j", str(cores)], clone)
-        while {"Queued", "Running"} & set(statuses(clone)):
-            time.sleep(10)
-        wall = time.perf_counter() - start
+        wall = run_queue(clone, cores)
         found = results(clone)
         table = {name: {seed: found.get(f"{name}-s{seed}") for seed in options.seeds} for name in variants}
         if options.figures:

@@ -33,8 +33,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from collapse import queue, results, spread
-from replicates import dvc, make_clone, statuses
+from collapse import queue, results, run_queue, spread
+from replicates import dvc, make_clone
 
 ROUTE_SEED = 42  # train.seed: the sweep's trials and the route's re-train
 
@@ -91,19 +91,16 @@ def main() -> None:
                 shutil.copy(clone / "sweep" / name, options.keep / name)
         seeds = [ROUTE_SEED, *options.seeds]
         queue(clone, {"best": best}, seeds)
-        start = time.perf_counter()
-        dvc(["queue", "start", "-j", str(cores)], clone)
-        while {"Queued", "Running"} & set(statuses(clone)):
-            time.sleep(10)
-        train_wall = time.perf_counter() - start
+        train_wall = run_queue(clone, cores)
         found = results(clone)
     rows = {seed: found.get(f"best-s{seed}") for seed in seeds}
 
     overrides = " ".join(f"-S {key}={value}" for key, value in best.items())
     print(
         f"sweep: {summary['trials_complete']} complete, {summary['trials_pruned']} pruned, "
-        f"{summary['trials_failed']} failed in {sweep_wall / 60:.1f} min; best trial #{summary['best_trial']}, "
-        f"val_loss {summary['best_value']:.2f} over {len(summary['best_values'])} seed(s) at the trial budget"
+        f"{summary['trials_failed']} failed in {sweep_wall / 60:.1f} min; "
+        f"best trial #{summary['best_trial']}, val_loss {summary['best_value']:.2f} "
+        f"over {len(summary['best_values'])} seed(s) at the trial budget"
     )
     print(f"best: {overrides}")
     print(f"re-trains: {cores} at a time through DVC's queue, {train_wall / 60:.1f} min")

@@ -118,14 +118,19 @@ def test_every_command_and_option_shown_exists():
         elif options:
             usage = help_text(command)
             named = set(OPTION.findall(usage))
-            missing += [f"{document}: {command} {option}" for option in sorted(options) if option not in named]
+            missing += [
+                f"{document}: {command} {option}" for option in sorted(options) if option not in named
+            ]
     assert missing == []
 
 
 def test_every_shell_script_shown_exists():
     shown = {(document.name, script) for document in DOCUMENTS for line in code(document.read_text())
              for script in SCRIPT.findall(line)}  # fmt: skip
-    assert shown and [f"{name}: {script}" for name, script in sorted(shown) if not (ROOT / script).is_file()] == []
+    assert (
+        shown
+        and [f"{name}: {script}" for name, script in sorted(shown) if not (ROOT / script).is_file()] == []
+    )
 
 
 def params_has(key: str) -> bool:
