@@ -30,21 +30,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pipeline
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, beside this script
 from collapse import queue, results, run_queue, spread
 from replicates import dvc, make_clone
+
+from pipeline.params import PipelineError, parse_override, read_yaml
 
 ROUTE_SEED = 42  # train.seed: the sweep's trials and the route's re-train
 
 
 def tune_setting(text: str) -> tuple[str, object]:
-    """`key=value` under `tune:`, the value read as YAML."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected key=value (a key under tune:)")
-    return f"tune.{key}", yaml.safe_load(value)
+    """`key=value` under `tune:`, the value read as `dvc exp run -S` reads it."""
+    try:
+        key, value = parse_override(text)
+    except PipelineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return f"tune.{key}", value
 
 
 def interval(values: list[float]) -> str:
@@ -83,7 +85,7 @@ def main() -> None:
         start = time.perf_counter()
         dvc(["repro", "sweep/dvc.yaml"], clone)
         sweep_wall = time.perf_counter() - start
-        best = yaml.safe_load((clone / "sweep/best_params.yaml").read_text())
+        best = read_yaml(clone / "sweep/best_params.yaml")
         summary = json.loads((clone / "sweep/summary.json").read_text())
         if options.keep:
             options.keep.mkdir(parents=True, exist_ok=True)

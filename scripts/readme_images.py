@@ -1,6 +1,6 @@
 """Regenerate the README's pictures from the pipeline's own outputs.
 
-    python scripts/readme_images.py                 # compare the 2 configurations with the lowest mean val_loss
+    python scripts/readme_images.py                 # the 2 configurations of lowest mean val_loss
     python scripts/readme_images.py RUN_OR_EXP ...  # or the runs named (any `pipeline.compare` arguments)
 
 Run it after `dvc repro`: it copies the default run's latent scatter and grid, makes a

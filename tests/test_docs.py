@@ -133,6 +133,7 @@ def test_every_shell_script_shown_exists():
     )
 
 
+@cache
 def params_has(key: str) -> bool:
     """Whether params.yaml has the dotted key; `train.plateau_*` and `base.tracking.*` name a group."""
     node = read_yaml(ROOT / "params.yaml")
