@@ -8,10 +8,15 @@ Each process imports what the stage imports, in the stage's order: `pipeline.<st
 first), then `start_tensorflow()` as `run_stage` does, then the modules `main` imports, then one
 op. With `--against`, the commit's files are extracted (`git archive`) into a temporary folder
 and run with this environment; the two checkouts' processes alternate, so that both see the
-same machine. Each part and the total are medians over the processes, so the parts need not
-add up to the total; the total's range is printed beside it. Keras' share is read from one
-more process per row, run under `python -X importtime` (which slows imports, so it is kept
-out of the timed ones).
+same machine. Each checkout runs as its own `scripts/setup.sh` installs: where that set-up
+compiles no bytecode (no `--compile-bytecode`), the checkout's processes get an empty
+`PYTHONPYCACHEPREFIX` of their own, so that they read none of the bytecode this environment's
+set-up compiled. They then compile every module they import, as after that set-up where
+PYTHONDONTWRITEBYTECODE is set; where it is not, the first process writes the bytecode there
+and the later ones read it. Each part and the total are medians over the processes, so the
+parts need not add up to the total; the total's range is printed beside it. Keras' share is
+read from one more process per row, run under `python -X importtime` (which slows imports,
+so it is kept out of the timed ones).
 """
 
 from __future__ import annotations
@@ -70,9 +75,17 @@ def keras_seconds(stderr: str) -> float:
     return seconds
 
 
+def installs_bytecode(checkout: Path) -> bool:
+    """Whether the checkout's set-up compiles the installed packages' bytecode."""
+    return "--compile-bytecode" in (checkout / "scripts/setup.sh").read_text()
+
+
 def probe(checkout: Path, stage: str, importtime_: bool = False) -> subprocess.CompletedProcess:
-    """Run the stage's probe in a fresh process; with `importtime_`, under `-X importtime`."""
+    """Run the stage's probe in a fresh process; with `importtime_`, under `-X importtime`. A
+    checkout whose set-up compiles no bytecode gets its own folder for it, empty at first."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if not installs_bytecode(checkout):
+        env["PYTHONPYCACHEPREFIX"] = f"{checkout}-bytecode"
     flags = ["-X", "importtime"] if importtime_ else []
     args = [sys.executable, *flags, "-c", PROBE, stage, ",".join(STAGE_MODULES[stage])]
     result = subprocess.run(args, cwd=checkout, env=env, capture_output=True, text=True)
@@ -121,6 +134,7 @@ def main() -> None:
             )
             subprocess.run(["tar", "-x", "-C", str(files)], input=archive.stdout, check=True)
             checkouts = {options.against: files, **checkouts}
+            compiled = installs_bytecode(files)
         runs = {(name, stage): [] for name in checkouts for stage in options.stages}
         for _ in range(options.repeat):
             for stage in options.stages:
@@ -142,6 +156,9 @@ def main() -> None:
                 if line.startswith("model name")), "unknown CPU")  # fmt: skip
     print(f"stage start, seconds, median of {options.repeat} fresh processes; {os.cpu_count()} cores, {cpu}")
     print(f"interpreter: {start:.2f} s. stage: its imports beyond MLflow. main's: what `main` imports.")
+    if options.against and not compiled:
+        writes = "set" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "not set"
+        print(f"{options.against}: its set-up compiles no bytecode; PYTHONDONTWRITEBYTECODE {writes}.")
     print("total: MLflow to the first op, and its range. Keras: its share of TensorFlow's import, from")
     print("one more process under python -X importtime (slower than the timed ones).")
     print(f"{'':<26}" + "".join(f"{part:>12}" for part in PARTS) + f"{'range':>14}{'Keras':>8}")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import shutil
 import sys
 import tomllib
+from pathlib import Path
 
 from tests.components import UV, require
 from tests.helpers import ROOT, run
 
 # What `scripts/setup.sh` runs.
-SYNC = ["sync", "--locked", "--extra", "dev", "--python", "python3"]
+SYNC = ["sync", "--locked", "--compile-bytecode", "--extra", "dev", "--python", "python3"]
 OFFLINE = "Packages were unavailable because the network was disabled"
 
 
@@ -62,6 +64,14 @@ def test_the_environment_holds_exactly_the_locked_versions():
         if name in locked and version not in locked[name]
     }
     assert differ == {}, f"installed (left) differs from uv.lock (right): {differ}"
+
+
+def test_the_environment_holds_compiled_bytecode():
+    """setup.sh compiles every installed module once, so that a stage's imports read bytecode
+    even where Python may not write it (PYTHONDONTWRITEBYTECODE, as on CI)."""
+    for package in ("tensorflow", "keras", "mlflow", "pandas"):
+        init = Path(importlib.util.find_spec(package).origin)
+        assert Path(importlib.util.cache_from_source(str(init))).exists(), package
 
 
 def test_a_group_of_tests_runs_on_one_worker(tmp_path):
