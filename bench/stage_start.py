@@ -8,13 +8,14 @@ Each process imports what the stage imports, in the stage's order: `pipeline.<st
 first), then `start_tensorflow()` as `run_stage` does, then the modules `main` imports, then one
 op. With `--against`, the commit's files are extracted (`git archive`) into a temporary folder
 and run with this environment; the two checkouts' processes alternate, so that both see the
-same machine. Each checkout runs as its own `scripts/setup.sh` installs: where that set-up
-compiles no bytecode (no `--compile-bytecode`), the checkout's processes get an empty
-`PYTHONPYCACHEPREFIX` of their own, so that they read none of the bytecode this environment's
-set-up compiled. They then compile every module they import, as after that set-up where
-PYTHONDONTWRITEBYTECODE is set; where it is not, the first process writes the bytecode there
-and the later ones read it. Each part and the total are medians over the processes, so the
-parts need not add up to the total; the total's range is printed beside it. Keras' share is
+same machine. Both use this environment's packages; only their bytecode follows each
+checkout's `scripts/setup.sh`. Where that set-up compiles none (its `uv sync` has no
+`--compile-bytecode`), the checkout's processes get a `PYTHONPYCACHEPREFIX` of their own that
+holds the standard library's bytecode and nothing else, so that they read none of what this
+environment's set-up compiled. They then compile every installed module they import, as after
+that set-up where PYTHONDONTWRITEBYTECODE is set; where it is not, the first process writes the
+bytecode there and the later ones read it. Each part and the total are medians over the
+processes, so the parts need not add up to the total; the total's range is printed beside it. Keras' share is
 read from one more process per row, run under `python -X importtime` (which slows imports,
 so it is kept out of the timed ones).
 """
@@ -24,9 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -77,12 +80,24 @@ def keras_seconds(stderr: str) -> float:
 
 def installs_bytecode(checkout: Path) -> bool:
     """Whether the checkout's set-up compiles the installed packages' bytecode."""
-    return "--compile-bytecode" in (checkout / "scripts/setup.sh").read_text()
+    lines = (checkout / "scripts/setup.sh").read_text().splitlines()
+    return any("uv sync" in line and "--compile-bytecode" in line for line in lines)
+
+
+def stdlib_bytecode(prefix: Path) -> None:
+    """Copy the standard library's compiled bytecode into `prefix`, laid out as Python looks for
+    it under PYTHONPYCACHEPREFIX, since the interpreter came with it compiled."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for compiled in stdlib.rglob(f"__pycache__/*.{sys.implementation.cache_tag}.pyc"):
+        if "site-packages" not in compiled.parts:
+            target = prefix / compiled.parent.parent.relative_to("/") / compiled.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(compiled, target)
 
 
 def probe(checkout: Path, stage: str, importtime_: bool = False) -> subprocess.CompletedProcess:
     """Run the stage's probe in a fresh process; with `importtime_`, under `-X importtime`. A
-    checkout whose set-up compiles no bytecode gets its own folder for it, empty at first."""
+    checkout whose set-up compiles no bytecode reads it from its own folder (`stdlib_bytecode`)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     if not installs_bytecode(checkout):
         env["PYTHONPYCACHEPREFIX"] = f"{checkout}-bytecode"
@@ -135,6 +150,8 @@ def main() -> None:
             subprocess.run(["tar", "-x", "-C", str(files)], input=archive.stdout, check=True)
             checkouts = {options.against: files, **checkouts}
             compiled = installs_bytecode(files)
+            if not compiled:
+                stdlib_bytecode(Path(f"{files}-bytecode"))
         runs = {(name, stage): [] for name in checkouts for stage in options.stages}
         for _ in range(options.repeat):
             for stage in options.stages:

@@ -49,8 +49,8 @@ for extra in ${SETUP_EXTRAS:-}; do  # more extras of pyproject.toml, e.g. SETUP_
 done
 # --compile-bytecode: every installed module compiled once, here, rather than at each import
 # where Python may not write bytecode (PYTHONDONTWRITEBYTECODE set, or site-packages read-only),
-# as on CI; TensorFlow's and MLflow's imports then take about a third of the time. uv skips
-# what is compiled already.
+# which made each stage's start several times slower (docs/results.md, a stage's start). uv
+# skips what is compiled already.
 .uv/bin/uv sync --locked --compile-bytecode "${extras[@]}" --python python3 --quiet \
   || setup_error "uv sync --locked failed (see above)"
 export PATH="$PWD/.venv/bin:$PATH"
