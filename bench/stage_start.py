@@ -15,9 +15,9 @@ holds the standard library's bytecode and nothing else, so that they read none o
 environment's set-up compiled. They then compile every installed module they import, as after
 that set-up where PYTHONDONTWRITEBYTECODE is set; where it is not, the first process writes the
 bytecode there and the later ones read it. Each part and the total are medians over the
-processes, so the parts need not add up to the total; the total's range is printed beside it. Keras' share is
-read from one more process per row, run under `python -X importtime` (which slows imports,
-so it is kept out of the timed ones).
+processes, so the parts need not add up to the total; the total's range is printed beside it.
+Keras' share is read from one more process per row, run under `python -X importtime` (which
+slows imports, so it is kept out of the timed ones).
 """
 
 from __future__ import annotations
