@@ -23,6 +23,7 @@ slows imports, so it is kept out of the timed ones).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -78,8 +79,9 @@ def keras_seconds(stderr: str) -> float:
     return seconds
 
 
+@functools.cache
 def installs_bytecode(checkout: Path) -> bool:
-    """Whether the checkout's set-up compiles the installed packages' bytecode."""
+    """Whether the checkout's set-up compiles the installed packages' bytecode (read once)."""
     lines = (checkout / "scripts/setup.sh").read_text().splitlines()
     return any("uv sync" in line and "--compile-bytecode" in line for line in lines)
 
