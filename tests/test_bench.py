@@ -118,15 +118,20 @@ def test_time_to_quality_scores_as_evaluate_and_names_a_preset(reproduced, tmp_p
         assert last == "preset: none was no worse than the defaults on every seed (val_loss)"
 
 
+# The last commit whose set-up compiled no bytecode: its probes take the other branch.
+UNCOMPILED = "0ba53bf~1"
+
+
 def test_stage_start_splits_the_start_and_compares_a_commit(tmp_path):
     figures = tmp_path / "start.json"
     printed = run(
-        [sys.executable, "bench/stage_start.py", "--repeat", "1", "--stages", "train", "--against", "HEAD",
-         "--json", str(figures)],
+        [sys.executable, "bench/stage_start.py", "--repeat", "1", "--stages", "train",
+         "--against", UNCOMPILED, "--json", str(figures)],
         ROOT,
     ).stdout  # fmt: skip
     stages = json.loads(figures.read_text())["stages"]
-    assert set(stages) == {"HEAD train", "this checkout train"}
+    assert set(stages) == {f"{UNCOMPILED} train", "this checkout train"}
+    assert f"{UNCOMPILED}: its set-up compiles no bytecode" in printed
     for row in stages.values():
         parts = ("MLflow", "stage", "TensorFlow", "main's", "first op")
         assert row["total"] == pytest.approx(sum(row[part] for part in parts))
@@ -146,6 +151,9 @@ def test_end_to_end_times_both_recipes_through_dvc(official_dir, tmp_path):
     for name in ("defaults", "preset"):
         (wall,) = report["wall_s"][name]
         assert wall > 0 and f"{wall:.1f}" in printed
+        (shares,) = report["stage_s"][name]  # DVC's own work, then each stage in its order
+        assert list(shares) == ["dvc", "train", "evaluate", "plot"]
+        assert sum(shares.values()) == pytest.approx(wall) and min(shares.values()) > 0
     assert (
         printed.strip().splitlines()[-1]
         == f"preset end to end: {report['ratio']:.2f}x faster than the defaults (n = 1 each)"
