@@ -6,10 +6,11 @@
 In a clone of this repository's last commit, with its own DVC cache and MLflow store and its
 data prepared once, each round runs `dvc exp run` of the defaults and `dvc exp run` with the
 preset's overrides, one after the other, and times each until DVC returns: train, evaluate and
-plot, with every stage's start, tracking and DVC's own work. Each stage's share is the time from
-DVC's "Running stage" line to the next (the last ends when DVC returns), so a stage's includes
-DVC's work on its lock entry; "dvc" is what comes before the first. Each round has a seed of its
-own (`train.seed`), so that DVC's run cache restores nothing. An untimed run of one epoch goes
+plot, with every stage's start, tracking and DVC's own work. A stage's share runs from the line
+where DVC starts or skips it to the next such line, so it includes DVC's work on the stage's
+lock entry and its checks of the next stage; the last one's also holds DVC's work after it,
+until DVC returns. "dvc" is what comes before the first stage. Each round has a seed of its own
+(`train.seed`), so that DVC's run cache restores nothing. An untimed run of one epoch goes
 first, so that neither recipe pays alone for what happens once (the MLflow store's creation,
 the first read of TensorFlow's libraries from disk).
 """
@@ -29,7 +30,8 @@ from pathlib import Path
 
 from replicates import dvc, make_clone  # bench/, beside this script
 
-STAGES = ("dvc", "train", "evaluate", "plot")
+# The line where DVC starts a stage or skips it ("didn't change", "is cached").
+STAGE_LINE = re.compile(r"(?:Running stage|Stage) '([^']+)'")
 
 # The preset of docs/speed.md (bench/time_to_quality.py chose it): 8 of the defaults' 30 epochs.
 PRESET = "train.epochs=8 train.learning_rate=0.012 train.schedule=cosine train.warmup_epochs=1"
@@ -46,13 +48,15 @@ def timed_exp_run(args: list[str], clone: Path) -> tuple[float, dict[str, float]
         output = []
         for line in process.stdout:
             output.append(line)
-            if found := re.match(r"Running stage '(\w+)'", line):
+            if found := STAGE_LINE.search(line):
                 marks.append((found[1], time.perf_counter()))
     end = time.perf_counter()
     if process.returncode != 0:
         raise SystemExit(f"error: {' '.join(command)}: {''.join(output)[-4000:]}")
     ends = [at for _, at in marks[1:]] + [end]
-    stages = {name: later - at for (name, at), later in zip(marks, ends, strict=True)}
+    stages: dict[str, float] = {}
+    for (name, at), later in zip(marks, ends, strict=True):
+        stages[name] = stages.get(name, 0.0) + later - at
     return end - marks[0][1], stages
 
 
@@ -87,11 +91,14 @@ def main() -> None:
 
     images = f"{options.train_size:,}" if options.train_size else "all 55,000"
     print(f"dvc exp run, train + evaluate + plot, on {images} images; {os.cpu_count()} cores")
-    header = "".join(f"{stage:>9}" for stage in STAGES)
+    names = list(dict.fromkeys(stage for runs in stages.values() for run in runs for stage in run))
+    header = "".join(f"{stage:>9}" for stage in names)
     print(f"{'recipe':<10} {'mean s':>8} {'sd s':>6}{header}  each run")
     for name, seconds in walls.items():
         sd = f"{statistics.stdev(seconds):6.1f}" if len(seconds) > 1 else f"{'-':>6}"
-        shares = "".join(f"{statistics.fmean(run[stage] for run in stages[name]):9.1f}" for stage in STAGES)
+        shares = "".join(
+            f"{statistics.fmean(run.get(stage, 0.0) for run in stages[name]):9.1f}" for stage in names
+        )
         runs = ", ".join(f"{s:.1f}" for s in seconds)
         print(f"{name:<10} {statistics.fmean(seconds):8.1f} {sd}{shares}  {runs}")
     ratio = statistics.fmean(walls["defaults"]) / statistics.fmean(walls["preset"])
