@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Candidates, each a set of `dvc exp run -S` overrides of the defaults: one per schedule, at 8 and
-# 9 of the defaults' 30 epochs (docs/results.md, time to quality, for how they were chosen).
+# Candidates, each a set of `dvc exp run -S` overrides of the defaults, one per schedule: cosine at
+# 8 of the defaults' 30 epochs, plateau at 9 (docs/results.md, time to quality, for how they were chosen).
 PRESETS: dict[str, dict[str, object]] = {
     "cosine": {
         "train.epochs": 8,
