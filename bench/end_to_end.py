@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from replicates import dvc, make_clone  # bench/, beside this script
+from replicates import clone_env, dvc, make_clone  # bench/, beside this script
 
 # The line where DVC starts a stage or skips it ("didn't change", "is cached").
 STAGE_LINE = re.compile(r"(?:Running stage|Stage) '([^']+)'")
@@ -39,12 +39,10 @@ PRESET = "train.epochs=8 train.learning_rate=0.012 train.schedule=cosine train.w
 
 def timed_exp_run(args: list[str], clone: Path) -> tuple[float, dict[str, float]]:
     """`dvc exp run ARGS` in the clone: its wall seconds and each stage's share of them."""
-    env = {**os.environ}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the clone's own store
     marks = [("dvc", time.perf_counter())]
     command = ["dvc", "exp", "run", *args]
-    with subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as process:  # fmt: skip
+    with subprocess.Popen(command, cwd=clone, env=clone_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as process:  # fmt: skip
         output = []
         for line in process.stdout:
             output.append(line)

@@ -29,11 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 STATUSES = ("Queued", "Running", "Success", "Failed")
 
 
+def clone_env() -> dict[str, str]:
+    """This environment, but for the tracking URI: a clone's stages use the clone's own store."""
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
 def dvc(args: list[str], cwd: Path) -> str:
     """Run `dvc ...` in the clone; its stdout, or an error with what it printed."""
-    env = {**os.environ}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the clone's own store
-    result = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    result = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, env=clone_env())
     if result.returncode != 0:
         raise SystemExit(f"error: dvc {' '.join(args)}: {result.stdout[-2000:]}{result.stderr[-2000:]}")
     return result.stdout
