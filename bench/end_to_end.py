@@ -33,8 +33,8 @@ from replicates import clone_env, dvc, make_clone  # bench/, beside this script
 # The line where DVC starts a stage or skips it ("didn't change", "is cached").
 STAGE_LINE = re.compile(r"(?:Running stage|Stage) '([^']+)'")
 
-# The preset of docs/speed.md (bench/time_to_quality.py chose it): 8 of the defaults' 30 epochs.
-PRESET = "train.epochs=8 train.learning_rate=0.012 train.schedule=cosine train.warmup_epochs=1"
+# The preset of docs/speed.md (bench/time_to_quality.py chose it): 6 of the defaults' 30 epochs.
+PRESET = "train.epochs=6 train.learning_rate=0.018 train.schedule=cosine train.warmup_epochs=1"
 
 
 def timed_exp_run(args: list[str], clone: Path) -> tuple[float, dict[str, float]]:
