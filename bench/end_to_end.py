@@ -12,13 +12,16 @@ lock entry and its checks of the next stage; the last one's also holds DVC's wor
 until DVC returns. "dvc" is what comes before the first stage. Each round has a seed of its own
 (`train.seed`), so that DVC's run cache restores nothing. An untimed run of one epoch goes
 first, so that neither recipe pays alone for what happens once (the MLflow store's creation,
-the first read of TensorFlow's libraries from disk).
+the first read of TensorFlow's libraries from disk). Each round's ratio pairs the two recipes'
+runs of that round; their geometric mean and its 95% t interval come before the headline, the
+ratio of the mean times.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -35,6 +38,18 @@ STAGE_LINE = re.compile(r"(?:Running stage|Stage) '([^']+)'")
 
 # The preset of docs/speed.md (bench/time_to_quality.py chose it): 6 of the defaults' 30 epochs.
 PRESET = "train.epochs=6 train.learning_rate=0.018 train.schedule=cosine train.warmup_epochs=1"
+
+
+def spread(ratios: list[float]) -> str:
+    """The rounds' geometric mean ratio and its 95% t interval, taken on the logs of the ratios."""
+    logs = [math.log(r) for r in ratios]
+    mean = f"geometric mean {math.exp(statistics.fmean(logs)):.2f}x"
+    if len(logs) < 2:
+        return f"{mean}, no interval: n = 1"
+    from scipy import stats
+
+    low, high = stats.t.interval(0.95, len(logs) - 1, statistics.fmean(logs), stats.sem(logs))
+    return f"{mean}, 95% t interval {math.exp(low):.2f}x..{math.exp(high):.2f}x"
 
 
 def timed_exp_run(args: list[str], clone: Path) -> tuple[float, dict[str, float]]:
@@ -99,10 +114,18 @@ def main() -> None:
         )
         runs = ", ".join(f"{s:.1f}" for s in seconds)
         print(f"{name:<10} {statistics.fmean(seconds):8.1f} {sd}{shares}  {runs}")
+    by_round = [d / p for d, p in zip(walls["defaults"], walls["preset"], strict=True)]
+    print(f"each round: {', '.join(f'{r:.2f}x' for r in by_round)}; {spread(by_round)}")
     ratio = statistics.fmean(walls["defaults"]) / statistics.fmean(walls["preset"])
     print(f"preset end to end: {ratio:.2f}x faster than the defaults (n = {options.rounds} each)")
     if options.json:
-        report = {"recipes": recipes, "wall_s": walls, "stage_s": stages, "ratio": ratio}
+        report = {
+            "recipes": recipes,
+            "wall_s": walls,
+            "stage_s": stages,
+            "ratio": ratio,
+            "by_round": by_round,
+        }
         options.json.write_text(json.dumps(report) + "\n")
 
 

@@ -140,28 +140,38 @@ def test_stage_start_splits_the_start_and_compares_a_commit(tmp_path):
 
 
 def test_end_to_end_times_both_recipes_through_dvc(official_dir, tmp_path):
+    """Slow: five `dvc exp run`s (an untimed one, then two rounds of the two recipes, the least
+    that gives each round's ratio an interval)."""
     figures = tmp_path / "end_to_end.json"
     printed = run(
         [sys.executable, "bench/end_to_end.py", "--defaults", "train.epochs=2", "--preset", "train.epochs=1",
-         "--train-size", "500", "--test-size", "200", "--json", str(figures)],
+         "--train-size", "500", "--test-size", "200", "--rounds", "2", "--json", str(figures)],
         ROOT,
     ).stdout  # fmt: skip
     report = json.loads(figures.read_text())
     assert report["recipes"] == {"defaults": ["train.epochs=2"], "preset": ["train.epochs=1"]}
     for name in ("defaults", "preset"):
-        (wall,) = report["wall_s"][name]
-        assert wall > 0 and f"{wall:.1f}" in printed
-        (shares,) = report["stage_s"][name]  # DVC's own work, then each stage in its order
-        assert list(shares) == ["dvc", "prepare", "train", "evaluate", "plot"]  # prepare: skipped
-        assert sum(shares.values()) == pytest.approx(wall)
-        # Each stage that ran starts a Python with TensorFlow: over a second, and more than
-        # DVC's own work before the first stage or a stage it skipped.
-        ran = min(shares["train"], shares["evaluate"], shares["plot"])
-        assert ran > 1 and max(shares["prepare"], shares["dvc"]) < ran
-    assert (
-        printed.strip().splitlines()[-1]
-        == f"preset end to end: {report['ratio']:.2f}x faster than the defaults (n = 1 each)"
-    )
+        walls = report["wall_s"][name]
+        assert len(walls) == 2 and all(wall > 0 and f"{wall:.1f}" in printed for wall in walls)
+        for wall, shares in zip(walls, report["stage_s"][name], strict=True):  # DVC's work, then each stage
+            assert list(shares) == ["dvc", "prepare", "train", "evaluate", "plot"]  # prepare: skipped
+            assert sum(shares.values()) == pytest.approx(wall)
+            # Each stage that ran starts a Python with TensorFlow: over a second, and more than
+            # DVC's own work before the first stage or a stage it skipped.
+            ran = min(shares["train"], shares["evaluate"], shares["plot"])
+            assert ran > 1 and max(shares["prepare"], shares["dvc"]) < ran
+    # Round i's ratio pairs the two recipes' i-th runs, whichever of them went first.
+    by_round = [d / p for d, p in zip(report["wall_s"]["defaults"], report["wall_s"]["preset"], strict=True)]
+    assert report["by_round"] == pytest.approx(by_round)
+    logs = [math.log(r) for r in by_round]
+    geometric = math.exp(sum(logs) / 2)
+    each, headline = printed.strip().splitlines()[-2:]
+    ratios = f"{by_round[0]:.2f}x, {by_round[1]:.2f}x"
+    assert each.startswith(f"each round: {ratios}; geometric mean {geometric:.2f}x, 95% t interval ")
+    low, high = (float(x) for x in each.split("interval ")[1].replace("x", "").split(".."))
+    # Two values, t with 1 degree of freedom: the interval holds both (as printed, to 2 decimals).
+    assert low <= round(min(by_round), 2) and round(max(by_round), 2) <= high
+    assert headline == f"preset end to end: {report['ratio']:.2f}x faster than the defaults (n = 2 each)"
 
 
 def test_collapse_queues_every_variant_and_seed_through_dvc_and_names_the_stable_one(official_dir, tmp_path):
