@@ -1,6 +1,6 @@
 """End to end through DVC: what a user waits for, the defaults against the time-to-quality preset.
 
-    python bench/end_to_end.py                 # one round on all the data (about 10 minutes)
+    python bench/end_to_end.py                 # one round on all the data (about 8 minutes)
     python bench/end_to_end.py --rounds 3      # three, alternating which recipe goes first
 
 In a clone of this repository's last commit, with its own DVC cache and MLflow store and its

@@ -141,7 +141,8 @@ def test_stage_start_splits_the_start_and_compares_a_commit(tmp_path):
 
 def test_end_to_end_times_both_recipes_through_dvc(official_dir, tmp_path):
     """Slow: five `dvc exp run`s (an untimed one, then two rounds of the two recipes, the least
-    that gives each round's ratio an interval)."""
+    that pairs runs made in both orders and prints an interval; tests/test_bench_figures.py
+    checks the interval itself)."""
     figures = tmp_path / "end_to_end.json"
     printed = run(
         [sys.executable, "bench/end_to_end.py", "--defaults", "train.epochs=2", "--preset", "train.epochs=1",
@@ -168,9 +169,6 @@ def test_end_to_end_times_both_recipes_through_dvc(official_dir, tmp_path):
     each, headline = printed.strip().splitlines()[-2:]
     ratios = f"{by_round[0]:.2f}x, {by_round[1]:.2f}x"
     assert each.startswith(f"each round: {ratios}; geometric mean {geometric:.2f}x, 95% t interval ")
-    low, high = (float(x) for x in each.split("interval ")[1].replace("x", "").split(".."))
-    # Two values, t with 1 degree of freedom: the interval holds both (as printed, to 2 decimals).
-    assert low <= round(min(by_round), 2) and round(max(by_round), 2) <= high
     assert headline == f"preset end to end: {report['ratio']:.2f}x faster than the defaults (n = 2 each)"
 
 
