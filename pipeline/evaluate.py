@@ -24,6 +24,11 @@ def class_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+def standard_error(per_image: np.ndarray) -> float:
+    """The standard error of a per-image mean: sd / sqrt(n)."""
+    return float(np.std(per_image, ddof=1) / np.sqrt(len(per_image)))
+
+
 def rank_in_registry(test_loss: float, protocol: str, margin: float) -> str:
     """Tag the trained model's registered version with its test_loss and protocol; say where the
     champion alias is now."""
@@ -60,12 +65,25 @@ def main() -> None:
         reconstruction, kl = elbo_parts(
             vae.decoder, x_test, mu, logvar, rng=rng, batch_size=config.batch_size
         )
+        val_mu, val_logvar = encode(vae.encoder, splits["val"].images, config.batch_size)
+        val_reconstruction, val_kl = elbo_parts(
+            vae.decoder,
+            data.to_model_input(splits["val"].images),
+            val_mu,
+            val_logvar,
+            rng=rng,
+            batch_size=config.batch_size,
+        )
         iw_nll = importance_weighted_nll(
             vae.decoder, x_test, mu, logvar, k=config.iw_samples, rng=rng, batch_size=config.batch_size
         )
         train_mu, _ = encode(vae.encoder, splits["train"].images, config.batch_size)
         metrics = {
             "test_loss": float(np.mean(reconstruction + kl)),
+            # The mean's standard error over these images: the noise of the split itself,
+            # which no number of training seeds removes.
+            "test_loss_se": standard_error(reconstruction + kl),
+            "val_loss_se": standard_error(val_reconstruction + val_kl),
             "test_reconstruction": float(np.mean(reconstruction)),
             "test_kl": float(np.mean(kl)),
             "test_iw_nll": float(np.mean(iw_nll)),
