@@ -1,16 +1,20 @@
-"""The champion rule's false-switch rate: how often a configuration no better than the champion's
-takes the alias.
+"""The champion rule's two errors: how often it hands the alias to a configuration no better than
+the champion's, and how often it keeps it from one that is better.
 
-    python bench/champion_rule.py                  # sd 0.74 nats, margin 2, 20,000 histories each
-    python bench/champion_rule.py --sd 1.2 --margin 1 --histories 100000 --json rule.json
+    python bench/champion_rule.py                  # the rule in params.yaml, 20,000 histories per row
+    python bench/champion_rule.py --sd 1.0 --level 0.01 --histories 100000 --json rule.json
 
-Two configurations are equally good: every seed's validation loss is drawn from one normal
-distribution whose sd is the spread measured between seeds. The champion's configuration is
-evaluated on `n` seeds; then the challenger's seeds arrive one at a time, and after each the
-registry's own rule (`selection.champion`) decides. A false switch is the challenger holding the
-alias at any point. Beside it, the margin alone (the challenger's mean below the champion's by
-more than the margin, whatever its number of seeds) shows what the seed requirement adds. Each
-rate comes with its 95% interval (Wilson's, from SciPy's `binomtest`).
+Every seed's validation loss is drawn from a normal distribution whose sd is one seed's spread
+(`--sd`, by default `base.tracking.champion_sd`, the spread the project measured). The
+champion's configuration is evaluated on `n` seeds; then the challenger's seeds arrive one at a
+time, and after each the registry's own rule (`selection.champion`) decides who holds the alias.
+
+- A false switch: the two are equally good, and the challenger holds the alias at any point.
+  Printed for each pair of seed counts; the last line gives the worst of them.
+- A missed switch: the challenger is better by `--better` of one seed's sds (2 by default), and
+  it does not hold the alias once both have five seeds.
+
+Each rate comes with its 95% interval (Wilson's, from SciPy's `binomtest`).
 """
 
 from __future__ import annotations
@@ -24,21 +28,18 @@ import numpy as np
 from scipy.stats import binomtest
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIRMED = 5  # seeds each before a missed switch is counted
 
 
-def simulate(champion, *, n: int, m: int, sd: float, margin: float, histories: int, rng) -> tuple[int, int]:
-    """False switches over `histories`: under the rule, and under the margin alone."""
-    rule = alone = 0
-    for _ in range(histories):
-        held, rival = list(rng.normal(0.0, sd, n)), list(rng.normal(0.0, sd, m))
-        switched = switched_alone = False
-        for seen in range(1, m + 1):
-            holder, _ = champion("held", {"held": held, "rival": rival[:seen]}, margin)
-            switched |= holder == "rival"
-            switched_alone |= np.mean(rival[:seen]) < np.mean(held) - margin
-        rule += int(switched)
-        alone += int(switched_alone)
-    return rule, alone
+def history(rule, rng, *, n: int, m: int, sd: float, shift: float) -> tuple[bool, bool]:
+    """One history: the champion's `n` seeds, then the challenger's `m` one at a time, its mean
+    `shift` below the champion's; whether the challenger held the alias at any point, and at the end."""
+    held, rival = list(rng.normal(0.0, sd, n)), list(rng.normal(-shift, sd, m))
+    holder, ever = "held", False
+    for seen in range(1, m + 1):
+        holder, _ = rule(holder, {"held": held, "rival": rival[:seen]})
+        ever |= holder == "rival"
+    return ever, holder == "rival"
 
 
 def interval(k: int, n: int) -> str:
@@ -49,10 +50,13 @@ def interval(k: int, n: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sd", type=float, default=0.74, help="sd of one seed's validation loss, in nats")
-    parser.add_argument("--margin", type=float, default=None, help="default: base.tracking.champion_margin")
+    parser.add_argument("--sd", type=float, default=None, help="one seed's sd (default: champion_sd)")
+    parser.add_argument(
+        "--level", type=float, default=None, help="the test's level (default: champion_level)"
+    )
+    parser.add_argument("--better", type=float, default=2.0, help="the better challenger's lead, in sds")
     parser.add_argument("--histories", type=int, default=20_000, help="simulated histories per row")
-    parser.add_argument("--champion-seeds", type=int, nargs="+", default=[1, 3, 5])
+    parser.add_argument("--champion-seeds", type=int, nargs="+", default=[1, 2, 3, 5])
     parser.add_argument("--challenger-seeds", type=int, nargs="+", default=[1, 2, 3, 5])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -62,24 +66,39 @@ def main() -> None:
     from pipeline.params import load_params
     from pipeline.selection import champion
 
-    margin = args.margin if args.margin is not None else load_params().base.tracking.champion_margin
+    tracking = load_params().base.tracking
+    sd = args.sd if args.sd is not None else tracking.champion_sd
+    level = args.level if args.level is not None else tracking.champion_level
+
+    def rule(holder, groups):  # the registry's rule with these settings
+        return champion(holder, groups, sd=tracking.champion_sd, level=level)
+
     rng = np.random.default_rng(args.seed)
     print(
-        f"two equally good configurations, one seed's sd {args.sd:g} nats, margin {margin:g}, "
-        f"{args.histories:,} histories per row"
+        f"one seed's sd {sd:g} nats; the rule: one-sided z-test at {level:g}, floor sd "
+        f"{tracking.champion_sd:g}; {args.histories:,} histories per row"
     )
-    print(f"{'champion seeds':>14} {'challenger seeds':>16}   {'the rule':<24} {'the margin alone':<24}")
+    print(f"{'champion seeds':>14} {'challenger seeds':>16}   false switches")
     rows = []
     for n in args.champion_seeds:
         for m in args.challenger_seeds:
-            rule, alone = simulate(
-                champion, n=n, m=m, sd=args.sd, margin=margin, histories=args.histories, rng=rng
-            )
-            rows.append({"champion_seeds": n, "challenger_seeds": m, "rule": rule, "margin_alone": alone})
-            rates = f"{interval(rule, args.histories):<24} {interval(alone, args.histories):<24}"
-            print(f"{n:14d} {m:16d}   {rates}")
+            switched = sum(history(rule, rng, n=n, m=m, sd=sd, shift=0.0)[0] for _ in range(args.histories))
+            rows.append({"champion_seeds": n, "challenger_seeds": m, "false_switches": switched})
+            print(f"{n:14d} {m:16d}   {interval(switched, args.histories)}")
+    worst = max(rows, key=lambda row: row["false_switches"])
+    missed = sum(
+        not history(rule, rng, n=CONFIRMED, m=CONFIRMED, sd=sd, shift=args.better * sd)[1]
+        for _ in range(args.histories)
+    )
+    print(
+        f"champion rule: false switches {interval(worst['false_switches'], args.histories)} at worst "
+        f"({worst['champion_seeds']} champion seeds, {worst['challenger_seeds']} challenger seeds); "
+        f"missed switches {interval(missed, args.histories)} for a challenger better by "
+        f"{args.better:g} sd, {CONFIRMED} seeds each"
+    )
     if args.json:
-        figures = {"sd": args.sd, "margin": margin, "histories": args.histories, "rows": rows}
+        figures = {"sd": sd, "level": level, "floor_sd": tracking.champion_sd, "better": args.better,
+                   "histories": args.histories, "rows": rows, "missed_switches": missed}  # fmt: skip
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 

@@ -8,13 +8,14 @@ In a clone of this repository's last commit, with its own DVC cache and MLflow s
 (`replicates.make_clone`), every variant and seed is one DVC experiment, queued as the README
 queues replicates, `dvc exp run --queue -S model.latent_dim=16 -S train.seed=N
 -S train.threads=1 [the variant's keys]`, and run through the real stages by `dvc queue start
--j C` (C usable cores). The figures come from the clone's MLflow store: `val_loss` (what is
-chosen by), `test_loss` and `active_units` (what `evaluate` reports on the test set).
+-j C` (C usable cores). The figures come from the clone's MLflow store: `val_loss` and
+`active_units/val` (the last epoch's active units on the validation images), what is chosen by;
+`test_loss` and `active_units` (what `evaluate` reports on the test set).
 
-A variant is stable when every seed keeps at least `--min-active` active units and ends with a
-`val_loss` no worse than the reference's: the mean of the variant `defaults` (latent 2) where it
-ran, else the committed defaults' run (`metrics/train.json`). The last line names the
-lever variant that is stable with the lowest mean `val_loss`, chosen on validation:
+A variant is stable when every seed keeps at least `--min-active` active units on validation and
+ends with a `val_loss` no worse than the reference's: the mean of the variant `defaults` (latent
+2) where it ran, else the committed defaults' run (`metrics/train.json`). The last line names the
+lever variant that is stable with the lowest mean `val_loss`, chosen on validation alone:
 `stable: dvc exp run -S key=value ...`. With `--figures DIR`, the KL-per-unit figure of the
 seed with the fewest active units of each variant is copied there.
 """
@@ -42,6 +43,27 @@ VARIANTS: dict[str, dict[str, object]] = {
     "defaults": {"model.latent_dim": 2},  # the reference: latent 2, which never collapses
 }
 REFERENCE = "defaults"
+KEYS = ("val_loss", "active_units/val", "test_loss", "active_units")  # chosen by; reported
+
+
+def stable_variants(table: dict[str, dict[int, dict | None]], *, bar: float, min_active: int) -> list[str]:
+    """The lever variants (neither `none` nor the reference) that trained on every seed: at least
+    `min_active` active units on validation and a `val_loss` at most `bar`. Validation alone."""
+    return [
+        name
+        for name, rows in table.items()
+        if name not in ("none", REFERENCE)
+        and all(
+            row and row["active_units/val"] >= min_active and row["val_loss"] <= bar for row in rows.values()
+        )
+    ]
+
+
+def choose(table: dict[str, dict[int, dict | None]], *, bar: float, min_active: int) -> str | None:
+    """The stable variant with the lowest mean `val_loss`, or None."""
+    stable = stable_variants(table, bar=bar, min_active=min_active)
+    mean = {name: statistics.fmean(row["val_loss"] for row in table[name].values()) for name in stable}
+    return min(stable, key=mean.__getitem__) if stable else None
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, object]]:
@@ -84,10 +106,7 @@ def results(clone: Path) -> dict[str, dict]:
             name = run.data.tags.get("dvc.exp_name")
             if name and "test_loss" in run.data.metrics:
                 metrics = run.data.metrics
-                found[name] = {
-                    "run_id": run.info.run_id,
-                    **{key: metrics[key] for key in ("val_loss", "test_loss", "active_units")},
-                }
+                found[name] = {"run_id": run.info.run_id, **{key: metrics[key] for key in KEYS}}
     return found
 
 
@@ -145,21 +164,24 @@ def main() -> None:
         f"latent {LATENT['model.latent_dim']} unless a variant says otherwise; seeds {options.seeds}; "
         f"{cores} at a time through DVC's queue, {wall / 60:.1f} min"
     )
-    print(f"{'variant':<12} {'seed':>5} {'val_loss':>9} {'test_loss':>10} {'active':>7}")
+    print(f"{'variant':<12} {'seed':>5} {'val_loss':>9} {'val active':>10} {'test_loss':>10} {'active':>7}")
     summary = {}
     for name, rows in table.items():
         done = [row for row in rows.values() if row]
         for seed, row in rows.items():
             if row:
                 print(
-                    f"{name:<12} {seed:>5} {row['val_loss']:9.2f} {row['test_loss']:10.2f} "
-                    f"{row['active_units']:7.0f}"
+                    f"{name:<12} {seed:>5} {row['val_loss']:9.2f} {row['active_units/val']:10.0f} "
+                    f"{row['test_loss']:10.2f} {row['active_units']:7.0f}"
                 )
             else:
                 print(f"{name:<12} {seed:>5} {'failed':>9}")
-        summary[name] = {key: [row[key] for row in done] for key in ("val_loss", "test_loss", "active_units")}
-        val, test, active = (spread(summary[name][key]) for key in ("val_loss", "test_loss", "active_units"))
-        print(f"{name:<12} {'all':>5} {val:>9} {test:>10} {active:>7}  (n = {len(done)} of {len(rows)})")
+        summary[name] = {key: [row[key] for row in done] for key in KEYS}
+        val, val_active, test, active = (spread(summary[name][key]) for key in KEYS)
+        print(
+            f"{name:<12} {'all':>5} {val:>9} {val_active:>10} {test:>10} {active:>7}  "
+            f"(n = {len(done)} of {len(rows)})"
+        )
     reference = summary.get(REFERENCE, {}).get("val_loss")
     if reference:
         bar, source = statistics.fmean(reference), f"the mean of variant {REFERENCE!r}"
@@ -167,22 +189,15 @@ def main() -> None:
         bar = json.loads((ROOT / "metrics/train.json").read_text())["val_loss"]
         source = "the committed defaults' (metrics/train.json, seed 42)"
     print(
-        f"stable if, on every seed: {options.min_active}+ active units, val_loss at most {bar:.2f}, {source}"
+        f"stable if, on every seed: {options.min_active}+ active units on validation, val_loss at most "
+        f"{bar:.2f}, {source}"
     )
-    stable = [
-        name
-        for name, rows in table.items()
-        if name not in ("none", REFERENCE)
-        and all(
-            row and row["active_units"] >= options.min_active and row["val_loss"] <= bar
-            for row in rows.values()
-        )
-    ]
+    stable = stable_variants(table, bar=bar, min_active=options.min_active)
     if options.json:
         options.json.write_text(json.dumps({"seeds": options.seeds, "variants": variants, "table": table,
                                              "wall_s": wall, "stable": stable}, indent=2) + "\n")  # fmt: skip
-    if stable:
-        best = min(stable, key=lambda name: statistics.fmean(summary[name]["val_loss"]))
+    best = choose(table, bar=bar, min_active=options.min_active)
+    if best:
         keys = {**LATENT, **variants[best]}
         print("stable: dvc exp run " + " ".join(f"-S {key}={value}" for key, value in keys.items()))
     else:

@@ -22,6 +22,7 @@ import os
 import re
 import statistics
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,6 +142,17 @@ class Group:
     config: str
     runs: list[RunView]
     name: str = ""  # what sets it apart from the others compared: see `group_runs`
+    failed: dict[int, str] = field(default_factory=dict)  # seed -> "diverged" or "failed"
+
+    @property
+    def seeds(self) -> str:
+        """`n = 4 of 5; 1 diverged`: the runs shown, and the seeds that failed and count against it."""
+        return selection.seeds_text(len(self.runs) + len(self.failed), Counter(self.failed.values()))
+
+    @property
+    def stable(self) -> bool:
+        """No seed failed: only such a configuration can be marked best."""
+        return not self.failed
 
     def values(self, key: str) -> list[float]:
         """The finite values of a metric over the runs; for a sweep trial confirmed on other seeds,
@@ -193,12 +205,18 @@ def spread(values: list[float]) -> Spread | None:
     return Spread(len(values), statistics.fmean(values), sd, min(values), max(values))
 
 
-def welch(key: str, samples: list[list[float]]) -> tuple[int | None, float | None, str]:
+def welch(
+    key: str, samples: list[list[float]], eligible: list[bool] | None = None
+) -> tuple[int | None, float | None, str]:
     """The configuration with the best mean at a metric, the p of Welch's t-test between it and
     the runner-up, and why there is no test where there is none. No best where the metric has no
-    better side (`selection.direction`) or fewer than two configurations have it."""
-    present = [(statistics.fmean(v), i) for i, v in enumerate(samples) if v]
+    better side (`selection.direction`) or fewer than two configurations have it. Only `eligible`
+    configurations (by default all) compete: one with a failed seed ranks after every other."""
+    eligible = eligible or [True] * len(samples)
+    present = [(statistics.fmean(v), i) for i, v in enumerate(samples) if v and eligible[i]]
     better = selection.direction(key)
+    if better is not None and len(present) == 1 and sum(bool(v) for v in samples) > 1:
+        return None, None, "no test: every other configuration has a failed seed"
     if better is None or len(present) < 2:
         return None, None, ""
     present.sort(reverse=better == "higher")
@@ -235,7 +253,8 @@ def verdicts(
     among twenty rows none is "shown" by chance more than one time in twenty.
     """
     primary = next((key for key in primary_order if all(group.values(key) for group in groups)), None)
-    tested = {key: welch(key, [group.values(key) for group in groups]) for key in keys}
+    stable = [group.stable for group in groups]
+    tested = {key: welch(key, [group.values(key) for group in groups], stable) for key in keys}
     others = [key for key, (_, p, _) in tested.items() if p is not None and key != primary]
     adjusted = dict(zip(others, holm([tested[k][1] for k in others]), strict=True))
     result = {}
@@ -329,16 +348,54 @@ def metric_rows(
     return [row for row in rows if row not in per_class], per_class
 
 
-def summary_lines(groups: list[Group], primary_order: tuple[str, ...] = CHOOSING) -> list[str]:
-    """One line per configuration: n, then mean ± sd and range of the summary metrics; then, for
-    each of them, which configuration is best or why none is."""
+@dataclass
+class Uncertainty:
+    """How sure a configuration's mean of a split's loss is as an absolute figure ("below 240"):
+    the seeds' standard error and the images' (the split's own noise, which no number of seeds
+    removes), combined as independent errors."""
+
+    key: str
+    mean: float
+    seeds: float | None  # sd / sqrt(n) over the seeds; None for one seed
+    images: float  # the mean over the runs of each run's standard error over the images
+
+    @property
+    def combined(self) -> float:
+        return math.hypot(self.seeds or 0.0, self.images)
+
+    def __str__(self) -> str:
+        seeds = f"seeds {self.seeds:.2f}" if self.seeds is not None else "seeds: n = 1"
+        low, high = self.mean - 1.96 * self.combined, self.mean + 1.96 * self.combined
+        return (
+            f"{self.key} {self.mean:.2f}, standard error {self.combined:.2f} "
+            f"({seeds}, images {self.images:.2f}); 95% interval {low:.2f}..{high:.2f}"
+        )
+
+
+def uncertainty(group: Group, key: str) -> Uncertainty | None:
+    """`key`'s mean with its standard errors over seeds and images, where its runs logged
+    `<key>_se`; None otherwise."""
+    values, errors = group.values(key), group.values(f"{key}_se")
+    if not values or len(errors) != len(values):
+        return None
+    seeds = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    return Uncertainty(key, statistics.fmean(values), seeds, statistics.fmean(errors))
+
+
+def summary_lines(groups: list[Group], *, chosen: bool = False) -> list[str]:
+    """One line per configuration: n, then mean ± sd and range of the summary metrics, and the
+    test loss's standard error; then, for each summary metric, which configuration is best or
+    why none is. With `chosen` (the groups are `--best`'s, ranked on validation), the first is
+    named as validation's choice and the test rows report on it."""
     lines = []
     for group in groups:
-        parts = [f"{group.name} [{group.config[:12]}], n = {len(group.runs)}"]
+        parts = [f"{group.name} [{group.config[:12]}], {group.seeds}"]
         for key in SUMMARY:
             cell = spread(group.values(key))
             if cell is not None:
                 parts.append(f"{key} {cell}" + (f" ({cell.low:.4g}..{cell.high:.4g})" if cell.n > 1 else ""))
+        if (error := uncertainty(group, selection.REPORTED)) is not None:
+            parts.append(str(error))
         lines.append("; ".join(parts))
     for group in groups:
         codes = sorted({run.code for run in group.runs if run.code})
@@ -348,18 +405,36 @@ def summary_lines(groups: list[Group], primary_order: tuple[str, ...] = CHOOSING
                 f"that shapes the numbers ({', '.join(codes)}), so its spread includes their difference"
             )
     keys = sorted({key for group in groups for run in group.runs for key in run.metrics})
-    decided = verdicts(keys, groups, primary_order)
+    decided = verdicts(keys, groups, REPORTING if chosen else CHOOSING)
+    if chosen:
+        lines.append(choice_line(groups))
     for key in SUMMARY:
         best, why = decided.get(key, (None, ""))
+        if chosen and key in (selection.SELECT_BY, selection.TRIAL_SELECT_BY):
+            continue  # what chose: the line above
+        label = f"reported on test, {key}" if chosen else f"best {key}"
         if best is not None:
-            lines.append(f"best {key}: {groups[best].name} ({why})")
+            lines.append(f"{label}: {groups[best].name} ({why})")
         elif why:
-            lines.append(f"best {key}: none, {why}")
+            lines.append(f"{label}: none, {why}")
     return lines
 
 
-def render(groups: list[Group], *, title: str, primary_order: tuple[str, ...] = CHOOSING) -> str:
-    """The whole report as one HTML page."""
+def choice_line(groups: list[Group]) -> str:
+    """What validation chose among `--best`'s configurations: the first, ranked by mean val_loss
+    with failed seeds counted against (`selection.rank`)."""
+    first = groups[0]
+    cell = spread(first.values(selection.SELECT_BY))
+    return (
+        f"validation chose: {first.name} [{first.config[:12]}], mean {selection.SELECT_BY} {cell} "
+        f"({first.seeds}), the lowest of {plural(len(groups), 'configuration')} compared; "
+        f"the test set reports on that choice"
+    )
+
+
+def render(groups: list[Group], *, title: str, chosen: bool = False) -> str:
+    """The whole report as one HTML page; with `chosen`, as `summary_lines` says."""
+    primary_order = REPORTING if chosen else CHOOSING
     runs = [run for group in groups for run in group.runs]
     differ, same = param_rows(groups)
     env_differ, env_same = param_rows(groups, "environment")
@@ -379,6 +454,8 @@ def render(groups: list[Group], *, title: str, primary_order: tuple[str, ...] = 
     environment.filters["inline_code"] = inline_code
     return environment.get_template("compare.html").render(
         title=title,
+        choice=choice_line(groups) if chosen else "",
+        uncertainties=[uncertainty(group, selection.REPORTED) for group in groups],
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         alpha=ALPHA,
         groups=groups,
@@ -446,12 +523,16 @@ def main(argv: list[str] | None = None) -> None:
     experiment_id = store.configure(params.base.tracking.experiment)
     runs, how = select(args, experiment_id)
     groups = group_runs([collect(run) for run in runs])
+    if args.study is None:  # a seed that failed or diverged counts against its configuration
+        failed = queries.failed_seeds(experiment_id)
+        for group in groups:
+            group.failed = failed.get(group.config, {})
     counts = f"{plural(len(runs), 'run')} of {plural(len(groups), 'configuration')}"
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    primary_order = REPORTING if args.best is not None and args.study is None else CHOOSING
-    args.output.write_text(render(groups, title=f"Comparing {counts}: {how}", primary_order=primary_order))
+    chosen = args.best is not None and args.study is None
+    args.output.write_text(render(groups, title=f"Comparing {counts}: {how}", chosen=chosen))
     run_id = queries.log_comparison(experiment_id, args.output, runs, how)
-    for line in summary_lines(groups, primary_order):
+    for line in summary_lines(groups, chosen=chosen):
         print(f"compare: {line}")
     print(
         f"compare: {counts} in {args.output}\n"

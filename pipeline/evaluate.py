@@ -12,6 +12,7 @@ from pipeline import data
 from pipeline.configuration import protocol
 from pipeline.params import flatten, load_params
 from pipeline.paths import MODEL, PREPARED
+from pipeline.selection import ChampionRule
 from pipeline.stage import run_stage
 from pipeline.tracking import registry, runs, store
 
@@ -29,7 +30,7 @@ def standard_error(per_image: np.ndarray) -> float:
     return float(np.std(per_image, ddof=1) / np.sqrt(len(per_image)))
 
 
-def rank_in_registry(test_loss: float, protocol: str, margin: float) -> str:
+def rank_in_registry(test_loss: float, protocol: str, rule: ChampionRule, experiment_id: str) -> str:
     """Tag the trained model's registered version with its test_loss and protocol; say where the
     champion alias is now."""
     model = runs.read_run_file()
@@ -37,7 +38,7 @@ def rank_in_registry(test_loss: float, protocol: str, margin: float) -> str:
         return ""
     name, version = model["registered_model"], model["model_version"]
     holder, why = registry.record_evaluation(
-        name, version, test_loss=test_loss, protocol=protocol, margin=margin
+        name, version, test_loss=test_loss, protocol=protocol, rule=rule, experiment_id=experiment_id
     )
     if holder == version:
         return f"; {name} version {version} is the {registry.CHAMPION} ({why})"
@@ -107,7 +108,9 @@ def main() -> None:
         runs.log_metrics(metrics, model_id=runs.read_run_file().get("model_id"))
         runs.log_metrics(per_class)
         evaluated_as = protocol(params, data.digest(splits))
-        standing = rank_in_registry(metrics["test_loss"], evaluated_as, params.base.tracking.champion_margin)
+        tracking = params.base.tracking
+        rule = ChampionRule(sd=tracking.champion_sd, level=tracking.champion_level)
+        standing = rank_in_registry(metrics["test_loss"], evaluated_as, rule, run.info.experiment_id)
     print(
         f"evaluate: test_loss {metrics['test_loss']:.3f} nats, "
         f"IW NLL {metrics['test_iw_nll']:.3f}{standing}\n"

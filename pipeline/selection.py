@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 # What a configuration is chosen by: the validation negative ELBO of the model kept (the last
 # epoch's, or the best epoch's under early stopping). A sweep trial records it as its objective.
@@ -72,31 +73,90 @@ def confirmed(groups: Mapping[Hashable, Sequence[float]]) -> dict[Hashable, Sequ
     return repeated or dict(groups)
 
 
+def seed_sd(groups: Sequence[Sequence[float]], floor: float) -> float:
+    """One seed's sd for a comparison: the larger of `floor` (the spread the project measured)
+    and the groups' pooled sample sd, so that a configuration noisier than most is judged by its
+    own noise. With no group of two or more seeds, `floor`."""
+    df = sum(len(values) - 1 for values in groups if len(values) > 1)
+    if not df:
+        return floor
+    squares = sum((len(values) - 1) * statistics.variance(values) for values in groups if len(values) > 1)
+    return max(floor, math.sqrt(squares / df))
+
+
+def beats(rival: Sequence[float], held: Sequence[float], *, sd: float, level: float) -> tuple[bool, float]:
+    """Whether `rival`'s mean is below `held`'s beyond noise, by a one-sided z-test at `level`
+    on the difference of means with one seed's sd from `seed_sd`; and the test's z."""
+    error = seed_sd([rival, held], sd) * math.sqrt(1 / len(rival) + 1 / len(held))
+    z = (statistics.fmean(held) - statistics.fmean(rival)) / error
+    return z > statistics.NormalDist().inv_cdf(1 - level), z
+
+
+@dataclass(frozen=True)
+class ChampionRule:
+    """The champion rule's settings (`base.tracking`): one seed's measured sd, and the test's level."""
+
+    sd: float
+    level: float
+
+
 def champion(
-    holder: Hashable | None, groups: Mapping[Hashable, Sequence[float]], margin: float
+    holder: Hashable | None, groups: Mapping[Hashable, Sequence[float]], *, sd: float, level: float
 ) -> tuple[Hashable | None, str]:
     """Which configuration holds the champion alias, given the one that holds it now and every
-    configuration's validation losses (one per seed); and why, in words.
+    configuration's validation losses (one per seed, NaN for a seed that failed or diverged);
+    and why, in words.
 
-    The rule: another configuration takes the alias when its mean is below the holder's by more
-    than `margin`, over at least as many seeds as the holder has, or at least two. So one lucky
-    seed never overturns a configuration measured on two or more, and the alias moves back when
-    the holder's own later seeds pull its mean behind another's.
+    The rule: another configuration takes the alias when a one-sided z-test at `level` says its
+    mean is below the holder's (`beats`), one seed's sd being the larger of `sd` and their pooled
+    sample sd. It needs at least as many seeds as the holder, up to two, so one lucky seed never
+    overturns a configuration measured on two or more; and no failed seed, while a holder with
+    one loses to any configuration with none. The alias moves back when the holder's own later
+    seeds pull its mean behind another's.
     """
     if holder is None or holder not in groups:
         best = rank(groups)[0] if groups else None
         return best, "the first evaluated"
     held = groups[holder]
     needed = min(len(held), 2)
-    rivals = {
+    eligible = {
         key: values
         for key, values in groups.items()
-        if key != holder and len(values) >= needed and score(values) < score(held) - margin
+        if key != holder and len(values) >= needed and math.isfinite(score(values))
     }
+    if not math.isfinite(score(held)):
+        if not eligible:
+            return holder, f"the champion's configuration has a failed seed, but no other has {needed}+ seeds"
+        best = rank(eligible)[0]
+        return best, (
+            f"the champion's configuration has a failed seed ({lost(held)}); mean {SELECT_BY} "
+            f"{score(eligible[best]):.3f} over {len(eligible[best])} seed(s), none failed"
+        )
+    tested = {key: beats(values, held, sd=sd, level=level) for key, values in eligible.items()}
+    rivals = {key: eligible[key] for key, (better, _) in tested.items() if better}
     if not rivals:
-        return holder, f"no configuration's mean {SELECT_BY} is below the champion's by more than {margin:g}"
+        return holder, (
+            f"no configuration's mean {SELECT_BY} is below the champion's beyond noise "
+            f"(one-sided z-test at {level:g})"
+        )
     best = rank(rivals)[0]
     return best, (
         f"mean {SELECT_BY} {score(rivals[best]):.3f} over {len(rivals[best])} seed(s) against the "
-        f"champion's {score(held):.3f} over {len(held)}: better by more than the margin, {margin:g}"
+        f"champion's {score(held):.3f} over {len(held)}: lower beyond noise "
+        f"(z = {tested[best][1]:.2f}, one-sided at {level:g})"
+    )
+
+
+def lost(values: Sequence[float]) -> str:
+    """`n = 4 of 5; 1 failed or diverged`, for values with NaN where a seed failed."""
+    return seeds_text(len(values), {"failed or diverged": sum(not math.isfinite(v) for v in values)})
+
+
+def seeds_text(ran: int, failed: Mapping[str, int]) -> str:
+    """`n = 4 of 5; 1 diverged`: the seeds that count, of those that ran, and why the others do not."""
+    lost = sum(failed.values())
+    if not lost:
+        return f"n = {ran}"
+    return f"n = {ran - lost} of {ran}; " + ", ".join(
+        f"{count} {why}" for why, count in failed.items() if count
     )

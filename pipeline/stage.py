@@ -3,19 +3,26 @@ does; TensorFlow, where the stage uses it, starts without its start-up notices."
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pipeline.params import PipelineError
 from pipeline.quiet import start_tensorflow
 
-STOPPED = threading.Event()  # set by SIGTERM; see `interrupt`
+STOPPED = threading.Event()  # set by SIGTERM or Ctrl-C; see `interrupt`
+_deferred = 0  # how deep this thread is in `interrupt_at_safe_points` blocks
 
 
 def interrupt(signum: int, frame: object) -> None:
-    """A signal handler that turns SIGTERM into the KeyboardInterrupt Ctrl-C gives.
+    """A signal handler that turns SIGTERM and Ctrl-C (SIGINT) into a KeyboardInterrupt.
+
+    Inside `interrupt_at_safe_points` it only sets `STOPPED`: raised at an arbitrary point of
+    Keras' or TensorFlow's code, the interrupt can be swallowed by a bare `except:` there (Keras'
+    `ops.shape` while tracing a step is one) and come back as an unrelated error with its
+    traceback. There the training loop raises it at its next batch's end (`training.StopOnSignal`).
 
     Later SIGTERMs are ignored, so that the cleanup this one starts (ending runs KILLED or
     FAILED) is not cut short. A second one is common: `kill` of a process group reaches a
@@ -28,7 +35,22 @@ def interrupt(signum: int, frame: object) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     STOPPED.set()
-    raise KeyboardInterrupt(f"signal {signum}")
+    if not _deferred:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def interrupt_at_safe_points() -> Iterator[None]:
+    """Inside, SIGTERM and Ctrl-C only set `STOPPED` (see `interrupt`); code inside raises it
+    at points of its own choosing, and leaving the block raises it if it is still pending."""
+    global _deferred
+    _deferred += 1
+    try:
+        yield
+    finally:
+        _deferred -= 1
+    if STOPPED.is_set() and not _deferred:
+        raise KeyboardInterrupt("signal")
 
 
 def _drop_lost_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
@@ -39,8 +61,9 @@ def _drop_lost_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
 
 
 def catch_sigterm() -> None:
-    """Make SIGTERM interrupt this process as Ctrl-C does (see `interrupt`)."""
+    """Make SIGTERM, and Ctrl-C, interrupt this process through `interrupt`."""
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     sys.unraisablehook = _drop_lost_interrupt
 
 

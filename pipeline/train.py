@@ -67,26 +67,30 @@ def main() -> None:
         else:
             already_logged = runs.logged_steps(resume_run_id)
             print(f"train: resuming run {resume_run_id} from its last checkpoint")
-        # Order matters at each epoch's end: history and metrics first, then the checkpoint.
-        vae, _ = fit_vae(
-            train_images,
-            val_images,
-            model=params.model,
-            train=params.train,
-            seed=params.train.seed,
-            callbacks=[
-                keras.callbacks.CSVLogger(str(BACKUP / "history.csv"), append=True),
-                callbacks.EpochMetrics(skip_steps=already_logged),
-                # Two checkpoints: a kill while one is being written leaves the other to resume from.
-                keras.callbacks.BackupAndRestore(str(BACKUP / "state"), double_checkpoint=True),
-            ],
-            state_dir=BACKUP,
-            active_threshold=params.evaluate.active_threshold,
-        )
-        history = read_history(BACKUP / "history.csv")
-        final = {name: values[-1] for name, values in history.items() if name != "epoch"}
-        if not all(math.isfinite(v) for v in final.values()):
-            raise TrainingError(f"training diverged: final metrics {final}; lower train.learning_rate")
+        try:
+            # Order matters at each epoch's end: history and metrics first, then the checkpoint.
+            vae, _ = fit_vae(
+                train_images,
+                val_images,
+                model=params.model,
+                train=params.train,
+                seed=params.train.seed,
+                callbacks=[
+                    keras.callbacks.CSVLogger(str(BACKUP / "history.csv"), append=True),
+                    callbacks.EpochMetrics(skip_steps=already_logged),
+                    # Two checkpoints: a kill while one is being written leaves the other to resume from.
+                    keras.callbacks.BackupAndRestore(str(BACKUP / "state"), double_checkpoint=True),
+                ],
+                state_dir=BACKUP,
+                active_threshold=params.evaluate.active_threshold,
+            )
+            history = read_history(BACKUP / "history.csv")
+            final = {name: values[-1] for name, values in history.items() if name != "epoch"}
+            if not all(math.isfinite(v) for v in final.values()):
+                raise TrainingError(f"training diverged: final metrics {final}; lower train.learning_rate")
+        except TrainingError:
+            runs.mark_diverged()  # counts against its configuration wherever configurations are ranked
+            raise
         final = {"loss": final["loss"], "val_loss": final["val_loss"]}  # the rest is in history.csv
         if params.train.early_stopping:  # the model kept is the best epoch's
             best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from pipeline.data import to_model_input
 from pipeline.model import VAE, active_units, batches, build_vae, kl_per_unit
 from pipeline.params import Model, PipelineError, Train
-from pipeline.stage import STOPPED
+from pipeline.stage import STOPPED, interrupt_at_safe_points
 
 LATENT_PROBE = 1000  # validation images on which each epoch's latent use is measured
 PASSES_PER_EPOCH = 2  # passes over the training data that Keras' `fit` begins each epoch: see ResumeExactly
@@ -34,13 +34,15 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class StopOnSignal(keras.callbacks.Callback):
-    """Raise SIGTERM's interrupt again at the next batch if Python lost it (see `stage.interrupt`)."""
+    """Raise the interrupt of SIGTERM or Ctrl-C at the next batch's end, a point outside Keras'
+    and TensorFlow's own code, where `fit_vae` defers it (see `stage.interrupt`)."""
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if STOPPED.is_set():
-            raise KeyboardInterrupt("SIGTERM")
+            raise KeyboardInterrupt("signal")
 
     on_test_batch_end = on_train_batch_end
+    on_epoch_end = on_train_batch_end
 
 
 class LearningRateInLogs(keras.callbacks.Callback):
@@ -238,40 +240,41 @@ def fit_vae(
     learning rate reaches their logs); with `state_dir`, their state survives a kill there.
     With `active_threshold`, each epoch also records the latent space's use (`LatentUse`).
     """
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()  # same seed, same machine: same numbers
-    steps_per_epoch = math.ceil(len(train_images) / train.batch_size)
-    vae = build_vae(
-        model,
-        train,
-        seed,
-        learning_rate=learning_rate(train, steps_per_epoch),
-        steps_per_epoch=steps_per_epoch,
-    )
-    chosen = levers(train)
-    if chosen and state_dir is not None:
-        chosen.append(LeverState(state_dir, chosen))
-    if train.schedule != "constant" or train.warmup_epochs:  # the defaults' history keeps its columns
-        chosen.insert(0, LearningRateInLogs())
-    if active_threshold is not None:  # before `callbacks`, so that their logs hold its figures
-        chosen.insert(0, LatentUse(val_images, active_threshold))
-    # Distributed here, as Keras would do it inside `fit`, so that `ResumeExactly` advances the
-    # very data set that `fit` iterates.
-    shuffled = tf.distribute.get_strategy().experimental_distribute_dataset(
-        batches(train_images, train.batch_size, shuffle_seed=seed)
-    )
-    history = vae.fit(
-        shuffled,
-        epochs=train.epochs,
-        validation_data=batches(val_images, train.batch_size),
-        shuffle=False,  # `batches` shuffles, seeded
-        callbacks=[
-            DivergenceGuard(),
-            StopOnSignal(),
-            *chosen,
-            ResumeExactly(shuffled, state_dir),
-            *callbacks,
-        ],
-        verbose=verbose,
-    )
+    with interrupt_at_safe_points():  # the stop's interrupt is raised at a batch's end, not mid-trace
+        keras.utils.set_random_seed(seed)
+        tf.config.experimental.enable_op_determinism()  # same seed, same machine: same numbers
+        steps_per_epoch = math.ceil(len(train_images) / train.batch_size)
+        vae = build_vae(
+            model,
+            train,
+            seed,
+            learning_rate=learning_rate(train, steps_per_epoch),
+            steps_per_epoch=steps_per_epoch,
+        )
+        chosen = levers(train)
+        if chosen and state_dir is not None:
+            chosen.append(LeverState(state_dir, chosen))
+        if train.schedule != "constant" or train.warmup_epochs:  # the defaults' history keeps its columns
+            chosen.insert(0, LearningRateInLogs())
+        if active_threshold is not None:  # before `callbacks`, so that their logs hold its figures
+            chosen.insert(0, LatentUse(val_images, active_threshold))
+        # Distributed here, as Keras would do it inside `fit`, so that `ResumeExactly` advances the
+        # very data set that `fit` iterates.
+        shuffled = tf.distribute.get_strategy().experimental_distribute_dataset(
+            batches(train_images, train.batch_size, shuffle_seed=seed)
+        )
+        history = vae.fit(
+            shuffled,
+            epochs=train.epochs,
+            validation_data=batches(val_images, train.batch_size),
+            shuffle=False,  # `batches` shuffles, seeded
+            callbacks=[
+                DivergenceGuard(),
+                StopOnSignal(),
+                *chosen,
+                ResumeExactly(shuffled, state_dir),
+                *callbacks,
+            ],
+            verbose=verbose,
+        )
     return vae, history.history

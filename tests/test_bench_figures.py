@@ -11,6 +11,7 @@ from scipy import stats
 from tests.helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))  # the scripts import their neighbours by name
+import collapse
 import end_to_end
 
 
@@ -25,3 +26,29 @@ def test_the_interval_is_a_t_interval_on_the_logs_of_the_ratios():
     low, high = stats.t.interval(0.95, len(logs) - 1, mean, stats.sem(logs))
     assert (math.exp(low), math.exp(mean), math.exp(high)) == pytest.approx((2.89, 3.09, 3.31), abs=0.005)
     assert end_to_end.spread(ratios) == "geometric mean 3.09x, 95% t interval 2.89x..3.31x"
+
+
+def row(val_loss: float, val_active: int, test_loss: float, test_active: int) -> dict:
+    return {
+        "val_loss": val_loss,
+        "active_units/val": val_active,
+        "test_loss": test_loss,
+        "active_units": test_active,
+    }
+
+
+def test_the_collapse_benchmark_chooses_a_lever_on_validation_alone():
+    # Each case's test figures point the other way, so a choice that read them would differ.
+    table = {
+        "none": {1: row(250.0, 2, 251.0, 2), 2: row(241.0, 9, 242.0, 9)},
+        "warm": {1: row(240.2, 11, 242.5, 11), 2: row(240.4, 12, 242.7, 12)},  # lower val, higher test
+        "free": {1: row(240.6, 12, 241.0, 12), 2: row(240.8, 12, 241.2, 12)},
+        # a unit count that holds on the test images but not on validation
+        "thin": {1: row(239.0, 4, 240.0, 8), 2: row(239.1, 4, 240.1, 8)},
+        "defaults": {1: row(262.0, 2, 263.0, 2), 2: row(262.5, 2, 263.5, 2)},
+    }
+    assert collapse.stable_variants(table, bar=262.25, min_active=5) == ["warm", "free"]
+    assert collapse.choose(table, bar=262.25, min_active=5) == "warm"
+    assert collapse.choose(table, bar=240.3, min_active=5) is None  # warm's seed 2 is above the bar
+    table["warm"][2] = None  # a seed that failed: not stable
+    assert collapse.choose(table, bar=262.25, min_active=5) == "free"

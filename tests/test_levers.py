@@ -75,12 +75,21 @@ def test_early_stopping_keeps_the_best_epochs_weights(small_data):
     record = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: weights.append([w.copy() for w in record.model.get_weights()])
     )
-    # A rate far too high makes the validation loss wander, so a later epoch is worse than the best.
-    vae, history = fit(small_data, [record], epochs=6, learning_rate=0.03, early_stopping=2)
+    # Every weight zeroed before epoch 3: a dead network, far worse than epoch 2's, so the best
+    # epoch comes before the last and keeping the last epoch's weights would fail this test.
+    zero = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: (
+            epoch == 3 and zero.model.set_weights([np.zeros_like(w) for w in zero.model.get_weights()])
+        )
+    )
+    vae, history = fit(small_data, [zero, record], epochs=8, learning_rate=0.004, early_stopping=2)
     best = int(np.argmin(history["val_loss"]))
-    assert len(history["val_loss"]) in (best + 3, 6)  # stopped 2 epochs after the best, or ran out
+    assert best == 2 and len(history["val_loss"]) == 5  # stopped 2 epochs after the best
     for kept, at_best in zip(vae.get_weights(), weights[best], strict=True):
         np.testing.assert_array_equal(kept, at_best)
+    assert any(
+        not np.array_equal(kept, last) for kept, last in zip(vae.get_weights(), weights[-1], strict=True)
+    )
 
 
 class Interrupt(keras.callbacks.Callback):

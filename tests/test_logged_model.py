@@ -162,10 +162,10 @@ def test_champion_alias_moves_only_to_a_better_configuration(repo, tmp_path):
     set_param(repo, "train", "epochs", 1)
     output = run(["dvc", "repro", "evaluate"], repo).stdout
     assert trained(repo)["model_version"] == "2" and str(champion(repo).version) == "1"
-    margin = load_params(repo / "params.yaml").base.tracking.champion_margin
+    level = load_params(repo / "params.yaml").base.tracking.champion_level
     assert (
         f"the champion is {NAME} version 1, not version 2: no configuration's mean val_loss is below "
-        f"the champion's by more than {margin:g}"
+        f"the champion's beyond noise (one-sided z-test at {level:g})"
     ) in output
     assert client.get_model_version(NAME, "2").tags["protocol"] == first.tags["protocol"]
 
@@ -173,7 +173,7 @@ def test_champion_alias_moves_only_to_a_better_configuration(repo, tmp_path):
     set_param(repo, "train", "epochs", 4)
     output = run(["dvc", "repro", "evaluate"], repo).stdout
     assert str(champion(repo).version) == "3" and "version 3 is the champion" in output
-    assert f": better by more than the margin, {margin:g}" in output
+    assert "lower beyond noise (z = " in output and f"one-sided at {level:g})" in output
 
     arrays, _ = consume(repo, f"models:/{NAME}@champion", tmp_path)
     np.testing.assert_allclose(

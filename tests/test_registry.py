@@ -1,16 +1,19 @@
 """The champion alias on a real MLflow store: configurations compared by their mean `val_loss`,
-beyond a margin. Versions are made directly, with the tags `train` sets, so that each case's
-numbers are exact; `tests/test_logged_model.py` runs the same rule through `dvc repro`."""
+beyond the noise between seeds, failed seeds counted against. Versions are made directly, with
+the tags `train` sets, so that each case's numbers are exact; `tests/test_logged_model.py` runs
+the same rule through `dvc repro`."""
 
 from __future__ import annotations
 
 import mlflow
 import pytest
 
+from pipeline.selection import ChampionRule
 from pipeline.tracking import registry
 
 NAME = "fashion-mnist-vae"
 SOURCE = "/nonexistent/model"  # the registry records a source; nothing here loads one
+RULE = ChampionRule(sd=1.0, level=0.02)  # a one-sided z-test at 2%: z above 2.05
 
 
 @pytest.fixture
@@ -19,7 +22,22 @@ def client(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns/mlflow.db'}")
     client = mlflow.MlflowClient()
     client.create_registered_model(NAME)
+    client.experiment_id = client.create_experiment("vae")
     return client
+
+
+def record(client, version: str, test_loss: float, protocol: str = "p") -> tuple[str, str]:
+    return registry.record_evaluation(
+        NAME, version, test_loss=test_loss, protocol=protocol, rule=RULE, experiment_id=client.experiment_id
+    )
+
+
+def diverged(client, config: str, seed: int) -> None:
+    """A training run of `config` that diverged at `seed`, as `train` leaves one: FAILED, no model."""
+    tags = {"pipeline.stage": "train", "pipeline.config_id": config, "pipeline.diverged": "true"}
+    run = client.create_run(client.experiment_id, tags=tags)
+    client.log_param(run.info.run_id, "train.seed", str(seed))
+    client.set_terminated(run.info.run_id, "FAILED")
 
 
 def evaluate(client, config: str, val_loss: float, protocol: str = "p") -> tuple[str, str, str]:
@@ -27,9 +45,7 @@ def evaluate(client, config: str, val_loss: float, protocol: str = "p") -> tuple
     holding the alias after, and why."""
     tags = {registry.CONFIG: config, registry.VAL_LOSS: repr(val_loss)}
     version = str(client.create_model_version(NAME, source=str(SOURCE), tags=tags).version)
-    holder, why = registry.record_evaluation(
-        NAME, version, test_loss=val_loss + 5, protocol=protocol, margin=1.0
-    )
+    holder, why = record(client, version, val_loss + 5, protocol)
     return version, holder, why
 
 
@@ -37,42 +53,60 @@ def holder(client) -> str:
     return str(client.get_model_version_by_alias(NAME, registry.CHAMPION).version)
 
 
-def test_configurations_are_compared_by_their_mean_validation_loss_beyond_the_margin(client):
+def test_configurations_are_compared_by_their_mean_validation_loss_beyond_noise(client):
     assert evaluate(client, "a", 250.0) == ("1", "1", "the first evaluated")
     assert client.get_model_version(NAME, "1").tags[registry.TEST_LOSS] == "255.0"  # reported, not used
-    for loss in (254.0, 255.0):  # the champion's own configuration's seeds never take it
+    for loss in (251.0, 252.0):  # the champion's own configuration's seeds never take it
         version, now, why = evaluate(client, "a", loss)
         assert now == "1" and why.startswith("another seed of the champion's configuration (version 1)")
-    assert why.endswith("is now 253.000 over 3 seeds")
+    assert why.endswith("is now 251.000 over 3 seeds")
 
-    # One lucky seed does not overturn a configuration measured on three: b's 240.0 beats a's
-    # mean (253.0) by far, but b needs two seeds. With a second, b takes the alias, with its
-    # version of lowest val_loss (chosen on validation, as the configuration is).
-    assert evaluate(client, "b", 240.0)[1] == "1"
-    version, now, why = evaluate(client, "b", 249.0)  # b: 244.5 over 2 seeds
+    # One lucky seed does not overturn a configuration measured on three: b's 246.0 is far
+    # below a's mean, but b needs two seeds. With a second, b takes the alias (z = 4.75 /
+    # (1.0 * sqrt(1/3 + 1/2)) = 5.2), with its version of lowest val_loss (chosen on validation).
+    assert evaluate(client, "b", 246.0)[1] == "1"
+    version, now, why = evaluate(client, "b", 246.5)
     assert (version, now) == ("5", "4") and holder(client) == "4"
     assert why == (
-        "mean val_loss 244.500 over 2 seed(s) against the champion's 253.000 over 3: "
-        "better by more than the margin, 1; the alias goes to version 4, that configuration's lowest val_loss"
+        "mean val_loss 246.250 over 2 seed(s) against the champion's 251.000 over 3: lower beyond noise "
+        "(z = 5.20, one-sided at 0.02); the alias goes to version 4, that configuration's lowest val_loss"
     )
 
-    # b's own later seeds pull its mean (255.0 over 4) behind a's by more than the margin: the
-    # alias moves back, to a's version of lowest val_loss.
-    assert evaluate(client, "b", 256.0)[1] == "4"
-    version, now, why = evaluate(client, "b", 275.0)
-    assert (version, now) == ("7", "1") and holder(client) == "1"
-    assert why.startswith("mean val_loss 253.000 over 3 seed(s) against the champion's 255.000 over 4")
+    # c is lower than b by one seed's sd: within the noise of two seeds each (z = 1.0).
+    evaluate(client, "c", 245.0)
+    version, now, why = evaluate(client, "c", 245.5)
+    assert now == "4" and why.startswith(
+        "no configuration's mean val_loss is below the champion's beyond noise"
+    )
+
+    # A seed of b diverges: its run failed before a model was registered, and it counts against
+    # b. At the next evaluation b ranks after every configuration with no failed seed, and the
+    # alias goes to the lowest of those, c.
+    diverged(client, "b", seed=7)
+    version, now, why = evaluate(client, "a", 251.5)
+    assert now == "6" and holder(client) == "6"  # c's version of lowest val_loss
+    assert why.startswith("the champion's configuration has a failed seed (n = 2 of 3; 1 failed or diverged)")
 
     # Re-evaluating the champion keeps it.
-    assert registry.record_evaluation(NAME, "1", test_loss=259.0, protocol="p", margin=1.0) == (
-        "1",
-        "re-evaluated",
-    )
+    assert record(client, "6", 259.0) == ("6", "re-evaluated")
+
+
+def test_a_seed_retrained_after_a_failure_no_longer_counts_against(client):
+    evaluate(client, "a", 250.0)
+    evaluate(client, "a", 250.5)
+    diverged(client, "a", seed=3)
+    tags = {"pipeline.stage": "train", "pipeline.config_id": "a"}
+    run = client.create_run(client.experiment_id, tags=tags)  # seed 3 again, trained this time
+    client.log_param(run.info.run_id, "train.seed", "3")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    evaluate(client, "b", 252.0)
+    _, now, why = evaluate(client, "b", 252.5)
+    assert now == "1" and "failed seed" not in why
 
 
 def test_a_version_without_a_validation_loss_is_not_compared(client):
     bare = str(client.create_model_version(NAME, source=SOURCE, tags={registry.CONFIG: "old"}).version)
-    assert registry.record_evaluation(NAME, bare, test_loss=240.0, protocol="p", margin=1.0) == (
+    assert record(client, bare, 240.0) == (
         "",
         f"version {bare} has no val_loss tag (trained before it was recorded): not compared",
     )

@@ -11,6 +11,7 @@ from pipeline.compare import (
     REPORTING,
     Group,
     RunView,
+    choice_line,
     figure_png,
     group_runs,
     holm,
@@ -18,6 +19,7 @@ from pipeline.compare import (
     render,
     spread,
     summary_lines,
+    uncertainty,
     verdicts,
 )
 
@@ -83,6 +85,11 @@ def configurations(**samples: list[list[float]]) -> list[Group]:
     return groups
 
 
+def named(groups: list[Group]) -> list[Group]:
+    """The same groups, named as `compare` names them (by the setting that sets them apart)."""
+    return group_runs([run for group in groups for run in group.runs])
+
+
 def test_the_primary_metric_decides_and_the_other_rows_are_adjusted_for_their_number():
     apart, close = [241.1, 241.9, 242.4], [263.0, 264.1, 265.3]
     overlapping = [263.5, 264.0, 262.9]
@@ -108,11 +115,11 @@ def test_the_primary_metric_decides_and_the_other_rows_are_adjusted_for_their_nu
             None,
             f"not shown to differ (p = {min(1, 3 * raw):.2g}, adjusted over 3 rows)",
         )
-    # Runs that `--best` picked by validation: the test set reports, and carries the test.
+    # Runs that `--best` picked by validation: the test set reports, and carries the test
+    # unadjusted, so the same p that fell to the adjustment above now shows config 0 lower on
+    # test, though validation put config 1 first.
     reported = verdicts(["val_loss", *rows], groups, primary_order=REPORTING)
-    assert reported["test_loss"][1].startswith("primary: p = ") or reported["test_loss"][1].startswith(
-        "not shown to differ (primary: p = "
-    )
+    assert reported["test_loss"] == (0, f"primary: p = {raw:.2g}")
     assert "adjusted over 3 rows" in reported["val_loss"][1]
 
 
@@ -199,3 +206,50 @@ def test_a_configuration_whose_runs_come_from_different_code_says_so():
     assert not any(
         line.startswith("model.latent_dim 16 [") and "versions of the code" in line for line in lines
     )
+
+
+def test_a_configuration_with_a_failed_seed_says_so_and_is_never_marked_best():
+    steady, unstable = [263.0, 264.1, 265.3], [241.1, 241.9, 242.4]  # the unstable one is far lower
+    groups = named(configurations(val_loss=[steady, unstable], test_loss=[steady, unstable]))
+    groups[1].failed = {5: "diverged"}
+    assert groups[1].seeds == "n = 3 of 4; 1 diverged" and groups[0].seeds == "n = 3"
+    decided = verdicts(["val_loss", "test_loss"], groups)
+    assert decided["val_loss"] == (None, "no test: every other configuration has a failed seed")
+    html = render(groups, title="t")
+    assert 'class="num best"' not in html and "(n = 3 of 4; 1 diverged)</th>" in html
+    lines = summary_lines(groups)
+    assert any(
+        line.startswith("model.latent_dim 1 [config-1], n = 3 of 4; 1 diverged; val_loss") for line in lines
+    )
+
+
+def test_best_names_validations_choice_and_reports_test_on_it():
+    # Validation puts config 0 first; the test set puts config 1 lower, beyond noise.
+    groups = named(configurations(val_loss=[[240.0, 240.2, 240.1], [245.0, 245.3, 245.1]],
+                                  test_loss=[[252.0, 252.4, 252.2], [246.0, 246.3, 246.1]]))  # fmt: skip
+    lines = summary_lines(groups, chosen=True)
+    assert choice_line(groups) in lines and choice_line(groups).startswith(
+        "validation chose: model.latent_dim 0 [config-0], mean val_loss 240.1 ± 0.1 (n = 3), "
+        "the lowest of 2 configurations compared"
+    )
+    assert not any(line.startswith("best ") for line in lines)  # nothing is "best" on test
+    p = ttest_ind([252.0, 252.4, 252.2], [246.0, 246.3, 246.1], equal_var=False).pvalue
+    assert f"reported on test, test_loss: model.latent_dim 1 (primary: p = {p:.2g})" in lines
+    html = render(groups, title="t", chosen=True)
+    assert '<p id="choice"><strong>validation chose: model.latent_dim 0' in html
+
+
+def test_the_test_losss_error_combines_the_seeds_and_the_images():
+    groups = configurations(test_loss=[[239.0, 240.0, 241.0]], test_loss_se=[[0.6, 0.6, 0.6]])
+    error = uncertainty(groups[0], "test_loss")
+    assert error.seeds == pytest.approx(1 / 3**0.5) and error.images == pytest.approx(0.6)
+    assert error.combined == pytest.approx((1 / 3 + 0.36) ** 0.5)  # 0.83: not the seeds' 0.58 alone
+    assert (
+        str(error)
+        == "test_loss 240.00, standard error 0.83 (seeds 0.58, images 0.60); 95% interval 238.37..241.63"
+    )
+    assert (
+        uncertainty(configurations(test_loss=[[240.0]])[0], "test_loss") is None
+    )  # no per-image error logged
+    html = render(groups, title="t")
+    assert '<td class="num">0.60</td><td class="num">0.83</td>' in html and "238.37..241.63" in html

@@ -1,4 +1,5 @@
-"""What `compare` reads from MLflow (runs, the best ones, curves, figures), and the run holding its report."""
+"""What the commands read back from MLflow: runs, the best ones, failed seeds, curves, figures,
+and the run holding `compare`'s report."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import selection
 from pipeline.environment import git_state
-from pipeline.tracking.runs import CONFIG_TAG
+from pipeline.tracking.runs import CONFIG_TAG, DIVERGED_TAG
 from pipeline.tracking.store import TrackingError
 
 # The comparison report: which runs, what they hold, and the small run that carries the report.
@@ -47,9 +48,38 @@ def runs_named(experiment_id: str, refs: Sequence[str]) -> list[mlflow.entities.
     return found
 
 
+def failed_seeds(experiment_id: str) -> dict[str, dict[int, str]]:
+    """Each configuration's training seeds that failed, `"diverged"` or `"failed"`: training runs
+    that ended FAILED before their model was kept (no `val_loss`), less any seed of the same
+    configuration that another run trained.
+    A run stopped by the user ends KILLED and is not the configuration's failure."""
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        filter_string="tags.`pipeline.stage` = 'train' and attributes.status != 'KILLED'",
+    )
+    failed: dict[str, dict[int, str]] = {}
+    trained: set[tuple[str, str]] = set()
+    for run in runs:
+        config, seed = run.data.tags.get(CONFIG_TAG), run.data.params.get("train.seed")
+        if config is None or seed is None:
+            continue
+        if run.info.status == "FAILED" and selection.SELECT_BY not in run.data.metrics:
+            # a run that logged val_loss trained; it failed in a later stage
+            why = "diverged" if run.data.tags.get(DIVERGED_TAG) == "true" else "failed"
+            failed.setdefault(config, {})[int(seed)] = why
+        elif run.info.status == "FINISHED":
+            trained.add((config, seed))
+    return {
+        config: kept
+        for config, seeds in failed.items()
+        if (kept := {seed: why for seed, why in seeds.items() if (config, str(seed)) not in trained})
+    }
+
+
 def best_configurations(experiment_id: str, n: int) -> list[mlflow.entities.Run]:
     """Every finished, evaluated trained model of the `n` configurations that `selection.rank`
-    puts first by mean validation loss, best first, each one's runs in the order they started."""
+    puts first by mean validation loss, best first, each one's runs in the order they started.
+    A seed that failed or diverged counts against its configuration (`failed_seeds`)."""
     runs = mlflow.MlflowClient().search_runs(
         [experiment_id],
         filter_string="tags.`pipeline.stage` = 'train' and attributes.status = 'FINISHED'",
@@ -59,7 +89,11 @@ def best_configurations(experiment_id: str, n: int) -> list[mlflow.entities.Run]
     for run in runs:
         if "test_loss" in run.data.metrics:
             groups.setdefault(run.data.tags.get(CONFIG_TAG) or run.info.run_id, []).append(run)
-    scores = {config: [validation_loss(run) for run in group] for config, group in groups.items()}
+    failed = failed_seeds(experiment_id)
+    scores = {
+        config: [validation_loss(run) for run in group] + [math.nan] * len(failed.get(config, {}))
+        for config, group in groups.items()
+    }
     return [run for config in selection.rank(scores)[:n] for run in groups[config]]
 
 

@@ -1,5 +1,6 @@
 """The model registry: every trained model a version; the alias `champion` on the configuration
-whose validation loss is lowest by more than the noise between seeds (`selection.champion`)."""
+whose validation loss is lower beyond the noise between seeds (`selection.champion`), every
+failed seed counted against its configuration."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 
 from pipeline import selection
+from pipeline.tracking import queries
 
 CHAMPION = "champion"
 CONFIG = "config_id"  # the version tag `train` sets: its run's configuration (all params but the seed)
@@ -70,10 +72,16 @@ def _holder(client: mlflow.MlflowClient, name: str):
 
 
 def _decide(
-    client: mlflow.MlflowClient, name: str, version: str, protocol: str, margin: float
+    client: mlflow.MlflowClient,
+    name: str,
+    version: str,
+    protocol: str,
+    rule: selection.ChampionRule,
+    experiment_id: str,
 ) -> tuple[str, str]:
     """Move the alias where `selection.champion` says, among the versions evaluated under
-    `protocol` that recorded a `val_loss`; return the version that holds it ("" for none) and why.
+    `protocol` that recorded a `val_loss`, each configuration's failed seeds in `experiment_id`
+    counted as NaN (`queries.failed_seeds`); return the version that holds it ("" for none) and why.
 
     A configuration that wins holds the alias with its version of lowest `val_loss`, chosen on
     validation like the configuration, so a collapsed seed of a good configuration is not served.
@@ -106,8 +114,11 @@ def _decide(
             config = version_config(other)
             groups.setdefault(config, []).append(loss)
             best[config] = min(best.get(config, (math.inf, 0)), (loss, int(other.version)))
+    failed = queries.failed_seeds(experiment_id)
+    for config, values in groups.items():
+        values.extend([math.nan] * len(failed.get(config, {})))
     held = version_config(holder) if holder is not None else None
-    winner, why = selection.champion(held, groups, margin)
+    winner, why = selection.champion(held, groups, sd=rule.sd, level=rule.level)
     mine = version_config(evaluated)
     if holder is not None and winner == held:
         if held_by == version:
@@ -127,7 +138,13 @@ def _decide(
 
 
 def record_evaluation(
-    name: str, version: str, *, test_loss: float, protocol: str, margin: float
+    name: str,
+    version: str,
+    *,
+    test_loss: float,
+    protocol: str,
+    rule: selection.ChampionRule,
+    experiment_id: str,
 ) -> tuple[str, str]:
     """Tag the version with its `test_loss` and evaluation protocol; move `champion` as
     `selection.champion` decides on the versions' `val_loss`; return the version that holds the
@@ -141,9 +158,9 @@ def record_evaluation(
     with _exclusive():
         client.set_model_version_tag(name, version, TEST_LOSS, repr(test_loss))
         client.set_model_version_tag(name, version, PROTOCOL, protocol)
-        holder, why = _decide(client, name, version, protocol, margin)
+        holder, why = _decide(client, name, version, protocol, rule, experiment_id)
         if not mlflow.get_tracking_uri().startswith("sqlite:///"):
-            again, why_again = _decide(client, name, version, protocol, margin)
+            again, why_again = _decide(client, name, version, protocol, rule, experiment_id)
             if again != holder:
                 holder, why = again, f"after another evaluation that ended at the same time: {why_again}"
         return holder, why

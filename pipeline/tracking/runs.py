@@ -57,6 +57,7 @@ def honest_status() -> Iterator[None]:
 
 CONFIG_TAG = "pipeline.config_id"  # shared by replicates: the UI's runs list groups by it
 DATA_TAG = "pipeline.data_digest"  # the prepared data's digest, which the configuration id holds
+DIVERGED_TAG = "pipeline.diverged"  # a training run whose loss became NaN or infinite
 CODE_TAG = "pipeline.code_digest"  # the code that shapes the numbers: `configuration.code_digest`
 
 
@@ -234,6 +235,11 @@ def log_metrics(metrics: dict[str, float], model_id: str | None = None) -> None:
     """Scalar metrics into the active run; with `model_id`, against that logged model too, so that
     the experiment's Models tab shows and sorts by them."""
     mlflow.log_metrics(metrics, model_id=model_id)
+
+
+def mark_diverged() -> None:
+    """Tag the active training run as diverged: a failure of its settings, not of the machine."""
+    mlflow.set_tag(DIVERGED_TAG, "true")
 
 
 def log_figure(figure, name: str) -> None:
