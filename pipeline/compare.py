@@ -4,12 +4,13 @@
     python -m pipeline.compare --best 3                  # the 3 configurations with the lowest mean val_loss
     python -m pipeline.compare --study vae-search        # that study's 4 best trials (--best N to change)
 
-MLflow's UI compares params and metric curves but cannot put two runs' images side by
-side; this report holds both, with every image embedded, so it opens with no network.
-Runs that differ only in their training seed are replicates of one configuration: the
-report shows each configuration's n, mean, standard deviation and range, and calls one
-best only when Welch's t-test on the primary metric (validation loss) says its difference
-to the next is larger than the noise; other metrics' p values are adjusted for their number.
+MLflow's compare view shows params, metrics and one chosen artifact per run; this report
+pools runs that differ only in their training seed into one configuration: its n (a seed that
+failed or diverged counted against it), mean, standard deviation and range. It calls one best
+only when Welch's t-test on the primary metric (validation loss) says its difference to the
+next is larger than the noise; other metrics' p values are adjusted for their number. Under
+`--best`, validation's choice is named and the test set reports on it. Every image is
+embedded, so the page opens with no network.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ REPORT = Path("reports/compare.html")
 REDRAWN = "loss_curves.png"  # each run's own loss curves: the report draws them anew, overlaid
 CURVES = ("loss", "reconstruction", "kl")
 STUDY_TRIALS = 4
+THREADS = "train.threads"  # not in the configuration id: a mix is named (docs/results.md, threads)
 PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
 ALPHA = 0.05  # Welch's t-test: a difference is shown when p (adjusted, off the primary row) is below this
 # The metric a comparison is decided on: the first of these that every configuration has.
@@ -403,6 +405,12 @@ def summary_lines(groups: list[Group], *, chosen: bool = False) -> list[str]:
             lines.append(
                 f"{group.name} [{group.config[:12]}]: its runs come from {len(codes)} versions of the code "
                 f"that shapes the numbers ({', '.join(codes)}), so its spread includes their difference"
+            )
+        threads = sorted({run.params[THREADS] for run in group.runs if THREADS in run.params})
+        if len(threads) > 1:
+            lines.append(
+                f"{group.name} [{group.config[:12]}]: its runs mix {THREADS} ({', '.join(threads)}), which "
+                "rounds differently as another seed would, so its spread includes that too"
             )
     keys = sorted({key for group in groups for run in group.runs for key in run.metrics})
     decided = verdicts(keys, groups, REPORTING if chosen else CHOOSING)

@@ -418,6 +418,7 @@ def best_configuration(study: optuna.Study) -> dict[str, Any] | None:
         if len(values) > 1 and math.isfinite(selection.score(values))
         else None,
         "best_confirmed": len(groups[number]) > 1,  # then best_values leave out the selecting seed
+        "confirmed_trials": len([values for values in groups.values() if len(values) > 1]),
         "best_selected_by": groups[number][0],  # the searched trial's own value: optimistic for it
     }
 

@@ -193,15 +193,21 @@ def run_workers(
 
 
 def describe_best(summary: dict[str, Any], monitor: str) -> str:
-    """`val_loss 247.160 ± 0.210 over 2 other seeds (trial 17, selected at 245.880)`: the best
-    scored on the seeds that did not select it; or, unconfirmed, its one seed's value."""
+    """`selection score: val_loss 247.160 ± 0.210 over 2 other seeds, the lowest of 3 confirmed
+    trials (trial 17, selected at 245.880)`: the score the best won on. Its confirming seeds did
+    not select the trial, but they chose it among the confirmed ones, so the score is optimistic
+    for it: a figure to report comes from seeds that chose nothing. Unconfirmed, its one seed's."""
     trial, value = summary["best_trial"], f"{summary['best_value']:.3f}"
     if not summary["best_confirmed"]:
-        return f"{monitor} {value} (trial {trial}, one seed, not confirmed)"
+        return f"selection score: {monitor} {value} (trial {trial}, one seed, not confirmed)"
     n, sd = len(summary["best_values"]), summary["best_sd"]
     spread = f" ± {sd:.3f}" if sd is not None else ""
+    confirmed = summary.get("confirmed_trials", 1)
+    among = f", the lowest of {confirmed} confirmed trials" if confirmed > 1 else ""
     selected = f"trial {trial}, selected at {summary['best_selected_by']:.3f}"
-    return f"{monitor} {value}{spread} over {n} other seed{'s' * (n != 1)} ({selected})"
+    return (
+        f"selection score: {monitor} {value}{spread} over {n} other seed{'s' * (n != 1)}{among} ({selected})"
+    )
 
 
 def write_best(summary: dict[str, Any], study_name: str, monitor: str) -> None:

@@ -171,6 +171,8 @@ def test_nan_loss_fails_the_run_and_nothing_downstream_runs(tmp_path, official_d
     assert "error: the loss became nan" in result.stderr
     (failed,) = all_runs(repo)
     assert failed.info.status == "FAILED"
+    # Marked as its settings' failure, so that it counts against its configuration.
+    assert failed.data.tags["pipeline.diverged"] == "true" and "val_loss" not in failed.data.metrics
     assert not (repo / "models/vae.keras").exists() and not (repo / "metrics/evaluate.json").exists()
 
 
@@ -405,6 +407,14 @@ def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir, p
     assert output.count("tune: worker ") == 2 and output.count(" stopped") == 2, output
     (parent,) = [r for r in all_runs(repo) if "optuna.trial_number" not in r.data.tags]
     assert store(repo).list_artifacts(parent.info.run_id, "figures") == []
+
+
+def test_a_stop_while_keras_traces_a_step_ends_training_as_an_interrupt(official_dir):
+    """Where Keras' `ops.shape` catches everything, a stop raised mid-trace was lost and came back
+    as an unrelated TypeError with its traceback; training now raises it at a batch's end."""
+    result = run([sys.executable, "tests/stop_mid_trace.py", str(official_dir)], ROOT, check=False)
+    assert (result.returncode, result.stdout.strip()) == (130, "stopped"), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

@@ -253,3 +253,19 @@ def test_the_test_losss_error_combines_the_seeds_and_the_images():
     )  # no per-image error logged
     html = render(groups, title="t")
     assert '<td class="num">0.60</td><td class="num">0.83</td>' in html and "238.37..241.63" in html
+
+
+def test_a_configuration_whose_runs_mix_thread_counts_says_so():
+    runs = [
+        view("a", 2, 263.0),
+        view("a", 2, 264.0, seed=1),
+        view("b", 16, 242.0),
+        view("b", 16, 243.0, seed=1),
+    ]
+    runs[0].params["train.threads"], runs[1].params["train.threads"] = "0", "1"
+    runs[2].params["train.threads"] = runs[3].params["train.threads"] = "1"
+    lines = summary_lines(group_runs(runs))
+    assert "model.latent_dim 2 [config-2]: its runs mix train.threads (0, 1), which rounds" in "\n".join(
+        lines
+    )
+    assert not any("model.latent_dim 16 [" in line and "mix train.threads" in line for line in lines)

@@ -326,7 +326,11 @@ def test_sweep_confirms_its_best_trials_on_more_seeds(repo, tmp_path):
     summary = json.loads((repo / "sweep/summary.json").read_text())
     assert summary["best_trial"] == best.number and summary["best_value"] == pytest.approx(mean(best))
     assert summary["best_selected_by"] == best.value and summary["best_confirmed"]
-    assert f"over 1 other seed (trial {best.number}, selected at {best.value:.3f})" in result.stdout
+    assert summary["confirmed_trials"] == len(top)  # the best won a contest on its confirming seeds
+    assert (
+        f"selection score: val_loss {mean(best):.3f} over 1 other seed, the lowest of {len(top)} confirmed "
+        f"trials (trial {best.number}, selected at {best.value:.3f})"
+    ) in result.stdout
 
     # Tracked as child runs of the study's run, with the trial they repeat and its configuration.
     runs = {int(r.data.tags["optuna.trial_number"]): r for r in child_runs(repo, study)}
