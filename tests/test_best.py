@@ -48,6 +48,7 @@ def project(tmp_path):
             ids[config, seed] = make(config, seed, "FINISHED", metrics, {})
     make("c", 3, "FAILED", {"loss/train": float("nan")}, {"pipeline.diverged": "true"})
     make("a", 9, "KILLED", {}, {})  # stopped by the user: not the configuration's failure
+    make("b", 4, "FAILED", {"val_loss": 241.2}, {})  # trained, then failed in evaluate: not a failed seed
     return tmp_path, uri, ids
 
 

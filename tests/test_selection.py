@@ -62,6 +62,9 @@ def test_a_failed_seed_counts_against_its_configuration_in_the_champion_rule():
     now, why = champion("a", {"a": [240.0, math.nan], "b": [245.0, 246.0]}, **RULE)
     assert now == "b" and "has a failed seed (n = 1 of 2; 1 failed or diverged)" in why
     assert champion("a", {"a": [240.0, math.nan], "b": [245.0]}, **RULE)[0] == "a"  # one seed is not two
+    assert (
+        champion("a", {"a": [240.0, math.nan], "b": [245.0, 246.0, math.nan]}, **RULE)[0] == "a"
+    )  # both failed
     # A challenger with one never takes it, however low its other seeds.
     assert champion("a", {"a": [240.0, 241.0], "b": [200.0, 201.0, math.nan]}, **RULE)[0] == "a"
     assert champion(None, {"a": [240.0, 241.0], "b": [200.0, math.nan]}, **RULE)[0] == "a"
