@@ -18,7 +18,7 @@ PAIRS = [
     ({}, {"data.source": "/usr/share/datasets/fashion-mnist"}, True),  # the digest says what it holds
     ({}, {"data.url": "http://example.org/"}, True),
     ({}, {"base.tracking.experiment": "other"}, True),
-    ({}, {"base.tracking.champion_margin": 5.0}, True),
+    ({}, {"base.tracking.champion_sd": 5.0}, True),
     ({}, {"plot.dpi": 300}, True),
     ({}, {"tune.n_trials": 3, "tune.space": {}}, True),
     ({}, {"train.plateau_patience": 5}, True),  # inert under the constant schedule
