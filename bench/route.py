@@ -101,7 +101,7 @@ def main() -> None:
     print(
         f"sweep: {summary['trials_complete']} complete, {summary['trials_pruned']} pruned, "
         f"{summary['trials_failed']} failed in {sweep_wall / 60:.1f} min; "
-        f"best trial #{summary['best_trial']}, val_loss {summary['best_value']:.2f} "
+        f"best trial #{summary['best_trial']}, selection score val_loss {summary['best_value']:.2f} "
         f"over {len(summary['best_values'])} seed(s) at the trial budget"
     )
     print(f"best: {overrides}")

@@ -154,9 +154,9 @@ def lost(values: Sequence[float]) -> str:
 
 def seeds_text(ran: int, failed: Mapping[str, int]) -> str:
     """`n = 4 of 5; 1 diverged`: the seeds that count, of those that ran, and why the others do not."""
-    lost = sum(failed.values())
-    if not lost:
+    counted = ran - sum(failed.values())
+    if counted == ran:
         return f"n = {ran}"
-    return f"n = {ran - lost} of {ran}; " + ", ".join(
+    return f"n = {counted} of {ran}; " + ", ".join(
         f"{count} {why}" for why, count in failed.items() if count
     )
