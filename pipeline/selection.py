@@ -73,23 +73,30 @@ def confirmed(groups: Mapping[Hashable, Sequence[float]]) -> dict[Hashable, Sequ
     return repeated or dict(groups)
 
 
-def seed_sd(groups: Sequence[Sequence[float]], floor: float) -> float:
-    """One seed's sd for a comparison: the larger of `floor` (the spread the project measured)
-    and the groups' pooled sample sd, so that a configuration noisier than most is judged by its
-    own noise. With no group of two or more seeds, `floor`."""
+def pooled_sd(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """The groups' pooled sample sd and its degrees of freedom; (0, 0) with no group of two."""
     df = sum(len(values) - 1 for values in groups if len(values) > 1)
     if not df:
-        return floor
+        return 0.0, 0
     squares = sum((len(values) - 1) * statistics.variance(values) for values in groups if len(values) > 1)
-    return max(floor, math.sqrt(squares / df))
+    return math.sqrt(squares / df), df
 
 
-def beats(rival: Sequence[float], held: Sequence[float], *, sd: float, level: float) -> tuple[bool, float]:
-    """Whether `rival`'s mean is below `held`'s beyond noise, by a one-sided z-test at `level`
-    on the difference of means with one seed's sd from `seed_sd`; and the test's z."""
-    error = seed_sd([rival, held], sd) * math.sqrt(1 / len(rival) + 1 / len(held))
-    z = (statistics.fmean(held) - statistics.fmean(rival)) / error
-    return z > statistics.NormalDist().inv_cdf(1 - level), z
+def beats(rival: Sequence[float], held: Sequence[float], *, sd: float, level: float) -> tuple[bool, str]:
+    """Whether `rival`'s mean is below `held`'s beyond noise, by a one-sided test at `level` on
+    the difference of means; and its statistic, in words. One seed's sd is `sd`, the spread
+    measured, unless the two groups' pooled sample sd is larger: then that, and the test is
+    Student's t on its degrees of freedom rather than a z-test."""
+    pooled, df = pooled_sd([rival, held])
+    scale = math.sqrt(1 / len(rival) + 1 / len(held))
+    difference = statistics.fmean(held) - statistics.fmean(rival)
+    if pooled > sd:
+        from scipy.stats import t  # only here: a light command that never needs it never loads it
+
+        statistic = difference / (pooled * scale)
+        return statistic > t.ppf(1 - level, df), f"t = {statistic:.2f} on {df} df"
+    statistic = difference / (sd * scale)
+    return statistic > statistics.NormalDist().inv_cdf(1 - level), f"z = {statistic:.2f}"
 
 
 @dataclass(frozen=True)
@@ -107,12 +114,13 @@ def champion(
     configuration's validation losses (one per seed, NaN for a seed that failed or diverged);
     and why, in words.
 
-    The rule: another configuration takes the alias when a one-sided z-test at `level` says its
-    mean is below the holder's (`beats`), one seed's sd being the larger of `sd` and their pooled
-    sample sd. It needs at least as many seeds as the holder, up to two, so one lucky seed never
-    overturns a configuration measured on two or more; and no failed seed, while a holder with
-    one loses to any configuration with none. The alias moves back when the holder's own later
-    seeds pull its mean behind another's.
+    The rule: another configuration takes the alias when a one-sided test at `level` (divided
+    among the rivals) says its mean is below the holder's (`beats`): a z-test with one seed's sd
+    `sd`, or Student's t where the two configurations' pooled sample sd is larger. It needs at
+    least as many seeds as the holder, up to two, so one lucky seed never overturns a
+    configuration measured on two or more; and no failed seed, while a holder with one loses to
+    any configuration with none. The alias moves back when the holder's own later seeds pull
+    its mean behind another's.
     """
     if holder is None or holder not in groups:
         best = rank(groups)[0] if groups else None
@@ -132,18 +140,18 @@ def champion(
             f"the champion's configuration has a failed seed ({lost(held)}); mean {SELECT_BY} "
             f"{score(eligible[best]):.3f} over {len(eligible[best])} seed(s), none failed"
         )
-    tested = {key: beats(values, held, sd=sd, level=level) for key, values in eligible.items()}
+    # Several rivals are several tests: each at level / their number (Bonferroni), so that an
+    # equally good champion loses the alias to one of them no more often than to a single one.
+    each = level / max(1, len(eligible))
+    at = f"one-sided at {level:g}" + (f" / {len(eligible)} rivals" if len(eligible) > 1 else "")
+    tested = {key: beats(values, held, sd=sd, level=each) for key, values in eligible.items()}
     rivals = {key: eligible[key] for key, (better, _) in tested.items() if better}
     if not rivals:
-        return holder, (
-            f"no configuration's mean {SELECT_BY} is below the champion's beyond noise "
-            f"(one-sided z-test at {level:g})"
-        )
+        return holder, f"no configuration's mean {SELECT_BY} is below the champion's beyond noise ({at})"
     best = rank(rivals)[0]
     return best, (
         f"mean {SELECT_BY} {score(rivals[best]):.3f} over {len(rivals[best])} seed(s) against the "
-        f"champion's {score(held):.3f} over {len(held)}: lower beyond noise "
-        f"(z = {tested[best][1]:.2f}, one-sided at {level:g})"
+        f"champion's {score(held):.3f} over {len(held)}: lower beyond noise ({tested[best][1]}, {at})"
     )
 
 
@@ -157,6 +165,4 @@ def seeds_text(ran: int, failed: Mapping[str, int]) -> str:
     counted = ran - sum(failed.values())
     if counted == ran:
         return f"n = {ran}"
-    return f"n = {counted} of {ran}; " + ", ".join(
-        f"{count} {why}" for why, count in failed.items() if count
-    )
+    return f"n = {counted} of {ran}; " + ", ".join(f"{count} {why}" for why, count in failed.items() if count)

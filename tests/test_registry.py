@@ -40,10 +40,14 @@ def diverged(client, config: str, seed: int) -> None:
     client.set_terminated(run.info.run_id, "FAILED")
 
 
-def evaluate(client, config: str, val_loss: float, protocol: str = "p") -> tuple[str, str, str]:
-    """A new version of `config` that trained to `val_loss`, evaluated: its number, the version
-    holding the alias after, and why."""
+def evaluate(
+    client, config: str, val_loss: float, protocol: str = "p", seed: int | None = None
+) -> tuple[str, str, str]:
+    """A new version of `config` that trained to `val_loss` (at `seed`, where given), evaluated:
+    its number, the version holding the alias after, and why."""
     tags = {registry.CONFIG: config, registry.VAL_LOSS: repr(val_loss)}
+    if seed is not None:
+        tags[registry.SEED] = str(seed)
     version = str(client.create_model_version(NAME, source=str(SOURCE), tags=tags).version)
     holder, why = record(client, version, val_loss + 5, protocol)
     return version, holder, why
@@ -96,9 +100,9 @@ def test_a_seed_retrained_after_a_failure_no_longer_counts_against(client):
     evaluate(client, "a", 250.5)
     diverged(client, "a", seed=3)
     tags = {"pipeline.stage": "train", "pipeline.config_id": "a"}
-    run = client.create_run(client.experiment_id, tags=tags)  # seed 3 again, trained this time
+    run = client.create_run(client.experiment_id, tags=tags)  # seed 3 again, trained this time...
     client.log_param(run.info.run_id, "train.seed", "3")
-    client.set_terminated(run.info.run_id, "FINISHED")
+    client.log_metric(run.info.run_id, "val_loss", 250.2)  # ...and, being evaluated, RUNNING again
     evaluate(client, "b", 252.0)
     _, now, why = evaluate(client, "b", 252.5)
     assert now == "1" and "failed seed" not in why
@@ -123,3 +127,15 @@ def test_versions_evaluated_under_another_protocol_are_not_compared(client):
     version, now, why = evaluate(client, "small-data", 100.0, protocol="q")
     assert now == "1" and "evaluated under another protocol" in why
     assert f"set_registered_model_alias('{NAME}', 'champion', '{version}')" in why  # how to move it
+
+
+def test_a_seed_trained_twice_counts_once(client):
+    evaluate(client, "a", 250.0, seed=1)
+    evaluate(client, "a", 251.0, seed=2)
+    # b's seed 1 trained again (new code, the same numbers): still one seed, which never
+    # overturns a configuration measured on two.
+    evaluate(client, "b", 240.0, seed=1)
+    _, now, why = evaluate(client, "b", 240.0, seed=1)
+    assert now == "1"
+    _, now, why = evaluate(client, "b", 240.5, seed=2)
+    assert now == "3" and why.startswith("mean val_loss 240.250 over 2 seed(s)")

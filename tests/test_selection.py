@@ -46,10 +46,25 @@ def test_a_noisy_configuration_is_judged_by_its_own_spread():
     assert champion("a", {**held, "b": rival}, sd=2.0, level=0.02)[0] == "a"
 
 
+def test_a_noisy_rival_is_tested_with_students_t_and_several_rivals_share_the_level():
+    held = [240.0, 240.3, 239.7, 240.1, 239.9]
+    noisy = [236.0, 239.0, 237.0, 235.0, 238.0]  # sd 1.58, pooled with a's 1.13: t = 4.2 on 8 df
+    now, why = champion("a", {"a": held, "b": noisy}, **RULE)
+    assert now == "b" and "(t = 4.20 on 8 df, one-sided at 0.02)" in why
+    # 1.64 lower: t = 2.3, above the normal's 2.05 but below t(0.98, 8 df) = 2.45.
+    assert champion("a", {"a": held, "b": [v + 1.36 for v in noisy]}, **RULE)[0] == "a"
+    close = [239.3, 239.6, 239.0, 239.4, 239.225]  # 0.695 lower: z = 2.2, above 2.05
+    assert champion("a", {"a": held, "b": close}, **RULE)[0] == "b"
+    # With a second rival each is tested at 0.01 (z above 2.33), so the same lead is not enough.
+    other = [240.0, 240.1, 239.9, 240.05, 239.95]
+    now, why = champion("a", {"a": held, "b": close, "c": other}, **RULE)
+    assert now == "a" and why.endswith("(one-sided at 0.02 / 2 rivals)")
+
+
 def test_one_lucky_seed_never_overturns_a_configuration_on_two_or_more():
     held = {"a": [250.0, 251.0, 252.0]}
     assert champion("a", {**held, "b": [200.0]}, **RULE)[0] == "a"
-    assert champion("a", {**held, "b": [200.0, 240.0]}, **RULE)[0] == "b"
+    assert champion("a", {**held, "b": [239.0, 240.0]}, **RULE)[0] == "b"
     assert champion("a", {"a": [250.0], "b": [247.0]}, **RULE)[0] == "b"  # one seed each: z = 4.2
     assert champion("a", {"a": [250.0], "b": [249.0]}, **RULE)[0] == "a"  # z = 1.4
     assert champion(None, {"a": [250.0], "b": [247.0]}, **RULE)[0] == "b"

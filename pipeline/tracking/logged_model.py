@@ -106,6 +106,7 @@ def log_and_register(keras_model, params: Params, config: str, val_loss: float) 
     tags = {
         "run_id": info.run_id,
         registry.CONFIG: config,
+        registry.SEED: str(params.train.seed),
         registry.VAL_LOSS: repr(val_loss),
         **{k: git[k] for k in ("git.commit", "git.dirty") if k in git},
     }

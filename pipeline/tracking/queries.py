@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from pipeline import selection
 from pipeline.environment import git_state
 from pipeline.tracking.runs import CONFIG_TAG, DIVERGED_TAG
-from pipeline.tracking.store import TrackingError
+from pipeline.tracking.store import DIED_TAG, TrackingError
 
 # The comparison report: which runs, what they hold, and the small run that carries the report.
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -51,24 +51,20 @@ def runs_named(experiment_id: str, refs: Sequence[str]) -> list[mlflow.entities.
 def failed_seeds(experiment_id: str) -> dict[str, dict[int, str]]:
     """Each configuration's training seeds that failed, `"diverged"` or `"failed"`: training runs
     that ended FAILED before their model was kept (no `val_loss`), less any seed of the same
-    configuration that another run trained.
-    A run stopped by the user ends KILLED and is not the configuration's failure."""
-    runs = mlflow.MlflowClient().search_runs(
-        [experiment_id],
-        filter_string="tags.`pipeline.stage` = 'train' and attributes.status != 'KILLED'",
-    )
+    configuration that another run trained (logged a `val_loss`, whatever its status: `evaluate`
+    reopens it). Not counted: a run stopped by the user (KILLED), and one whose process died
+    (`pipeline.died`: the machine's failure, which `dvc repro` resumes)."""
     failed: dict[str, dict[int, str]] = {}
     trained: set[tuple[str, str]] = set()
-    for run in runs:
+    for run in _train_runs(experiment_id, "attributes.status != 'KILLED'"):
         config, seed = run.data.tags.get(CONFIG_TAG), run.data.params.get("train.seed")
         if config is None or seed is None:
             continue
-        if run.info.status == "FAILED" and selection.SELECT_BY not in run.data.metrics:
-            # a run that logged val_loss trained; it failed in a later stage
+        if selection.SELECT_BY in run.data.metrics:
+            trained.add((config, seed))
+        elif run.info.status == "FAILED" and DIED_TAG not in run.data.tags:
             why = "diverged" if run.data.tags.get(DIVERGED_TAG) == "true" else "failed"
             failed.setdefault(config, {})[int(seed)] = why
-        elif run.info.status == "FINISHED":
-            trained.add((config, seed))
     return {
         config: kept
         for config, seeds in failed.items()
@@ -76,25 +72,40 @@ def failed_seeds(experiment_id: str) -> dict[str, dict[int, str]]:
     }
 
 
+def _train_runs(experiment_id: str, condition: str) -> list[mlflow.entities.Run]:
+    """Every training run of the experiment that meets `condition`, oldest first, page by page."""
+    client, found, token = mlflow.MlflowClient(), [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`pipeline.stage` = 'train' and {condition}",
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
 def best_configurations(experiment_id: str, n: int) -> list[mlflow.entities.Run]:
     """Every finished, evaluated trained model of the `n` configurations that `selection.rank`
     puts first by mean validation loss, best first, each one's runs in the order they started.
-    A seed that failed or diverged counts against its configuration (`failed_seeds`)."""
-    runs = mlflow.MlflowClient().search_runs(
-        [experiment_id],
-        filter_string="tags.`pipeline.stage` = 'train' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time ASC"],
-    )
-    groups: dict[str, list[mlflow.entities.Run]] = {}
-    for run in runs:
+    A seed trained twice counts once, by its latest run; a seed that failed or diverged counts
+    against its configuration (`failed_seeds`)."""
+    groups: dict[str, dict[str, mlflow.entities.Run]] = {}
+    for run in _train_runs(experiment_id, "attributes.status = 'FINISHED'"):
         if "test_loss" in run.data.metrics:
-            groups.setdefault(run.data.tags.get(CONFIG_TAG) or run.info.run_id, []).append(run)
+            config = run.data.tags.get(CONFIG_TAG) or run.info.run_id
+            seed = run.data.params.get("train.seed", run.info.run_id)
+            groups.setdefault(config, {}).pop(seed, None)
+            groups[config][seed] = run  # the latest of a seed, in start order
     failed = failed_seeds(experiment_id)
     scores = {
-        config: [validation_loss(run) for run in group] + [math.nan] * len(failed.get(config, {}))
+        config: [validation_loss(run) for run in group.values()] + [math.nan] * len(failed.get(config, {}))
         for config, group in groups.items()
     }
-    return [run for config in selection.rank(scores)[:n] for run in groups[config]]
+    return [run for config in selection.rank(scores)[:n] for run in groups[config].values()]
 
 
 def validation_loss(run: mlflow.entities.Run) -> float:

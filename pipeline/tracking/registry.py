@@ -18,6 +18,7 @@ from pipeline.tracking import queries
 
 CHAMPION = "champion"
 CONFIG = "config_id"  # the version tag `train` sets: its run's configuration (all params but the seed)
+SEED = "train_seed"  # the version tag `train` sets: a seed trained twice counts once
 VAL_LOSS = "val_loss"  # the version tag `train` sets: what the champion is chosen by
 TEST_LOSS = "test_loss"  # the version tag `evaluate` sets: reported, never chosen by
 PROTOCOL = "protocol"  # the version tag `evaluate` sets: its data and evaluation settings
@@ -106,14 +107,16 @@ def _decide(
             f"the champion, version {holder.version}, was evaluated {how}, so the two are not compared; "
             "to move the alias: " + promote_command(name, version, mlflow.get_tracking_uri())
         )
-    groups: dict[str, list[float]] = {}
+    by_seed: dict[str, dict[str, float]] = {}  # a seed trained twice counts once: its latest version
     best: dict[str, tuple[float, int]] = {}  # by configuration: its lowest val_loss, and that version
-    for other in client.search_model_versions(f"name = '{name}'"):
+    versions = client.search_model_versions(f"name = '{name}'")
+    for other in sorted(versions, key=lambda v: int(v.version)):
         loss = version_val_loss(other)
         if other.tags.get(PROTOCOL) == protocol and not math.isnan(loss):
             config = version_config(other)
-            groups.setdefault(config, []).append(loss)
+            by_seed.setdefault(config, {})[other.tags.get(SEED) or f"version {other.version}"] = loss
             best[config] = min(best.get(config, (math.inf, 0)), (loss, int(other.version)))
+    groups = {config: list(seeds.values()) for config, seeds in by_seed.items()}
     failed = queries.failed_seeds(experiment_id)
     for config, values in groups.items():
         values.extend([math.nan] * len(failed.get(config, {})))
@@ -125,9 +128,14 @@ def _decide(
             return version, "re-evaluated"
         if mine == held:
             n = len(groups[held])
-            return held_by, (
-                f"another seed of the champion's configuration (version {holder.version}), "
+            standing = (
                 f"whose mean {selection.SELECT_BY} is now {selection.score(groups[held]):.3f} over {n} seeds"
+                if math.isfinite(selection.score(groups[held]))
+                else f"whose seeds are {selection.lost(groups[held])}"
+            )
+            return (
+                held_by,
+                f"another seed of the champion's configuration (version {holder.version}), {standing}",
             )
         return held_by, why
     target = str(best[winner][1])

@@ -18,6 +18,7 @@ STORE_DIR = "mlruns"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 # MLflow 3.17's UI opens in its GenAI view unless told; this opens the runs and the model registry.
 UI_VIEW = "workflowType=machine_learning"
+DIED_TAG = "pipeline.died"  # a run marked FAILED because its process ended without closing it
 
 
 def repo_root(package_root: Path = PACKAGE_ROOT) -> Path:
@@ -167,7 +168,7 @@ def mark_dead_runs(experiment_id: str) -> list[str]:
         pid = int(tags["pipeline.pid"])
         if pid == os.getpid() or _alive(pid):
             continue
-        client.set_tag(run.info.run_id, "pipeline.died", f"process {pid} ended without closing the run")
+        client.set_tag(run.info.run_id, DIED_TAG, f"process {pid} ended without closing the run")
         client.set_terminated(run.info.run_id, status="FAILED")
         marked.append(run.info.run_id)
     return marked
