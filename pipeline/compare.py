@@ -148,8 +148,11 @@ class Group:
 
     @property
     def seeds(self) -> str:
-        """`n = 4 of 5; 1 diverged`: the runs shown, and the seeds that failed and count against it."""
-        return selection.seeds_text(len(self.runs) + len(self.failed), Counter(self.failed.values()))
+        """`n = 4 of 5; 1 diverged`: the runs shown, and the seeds that failed and count against it
+        (once, whether or not their run is among those shown)."""
+        failed = {str(seed) for seed in self.failed}
+        trained = [run for run in self.runs if run.params.get("train.seed") not in failed]
+        return selection.seeds_text(len(trained) + len(failed), Counter(self.failed.values()))
 
     @property
     def stable(self) -> bool:
@@ -217,8 +220,10 @@ def welch(
     eligible = eligible or [True] * len(samples)
     present = [(statistics.fmean(v), i) for i, v in enumerate(samples) if v and eligible[i]]
     better = selection.direction(key)
-    if better is not None and len(present) == 1 and sum(bool(v) for v in samples) > 1:
-        return None, None, "no test: every other configuration has a failed seed"
+    if better is not None and len(present) < 2 and sum(bool(v) for v in samples) > 1:
+        if present:
+            return None, None, "no test: every other configuration has a failed seed"
+        return None, None, "no test: every configuration has a failed seed"
     if better is None or len(present) < 2:
         return None, None, ""
     present.sort(reverse=better == "higher")
@@ -361,16 +366,30 @@ class Uncertainty:
     seeds: float | None  # sd / sqrt(n) over the seeds; None for one seed
     images: float  # the mean over the runs of each run's standard error over the images
 
+    n: int  # seeds
+
     @property
     def combined(self) -> float:
         return math.hypot(self.seeds or 0.0, self.images)
 
+    def interval(self) -> tuple[float, float] | None:
+        """The 95% interval of the mean: Student's t on the Welch-Satterthwaite degrees of
+        freedom (the images' error, over thousands of images, counts as known); None for one
+        seed, whose spread is unknown."""
+        if self.seeds is None:
+            return None
+        from scipy.stats import t
+
+        df = (self.n - 1) * (self.combined / self.seeds) ** 4 if self.seeds else math.inf
+        half = t.ppf(0.975, df) * self.combined
+        return self.mean - half, self.mean + half
+
     def __str__(self) -> str:
-        seeds = f"seeds {self.seeds:.2f}" if self.seeds is not None else "seeds: n = 1"
-        low, high = self.mean - 1.96 * self.combined, self.mean + 1.96 * self.combined
+        if (bounds := self.interval()) is None:
+            return f"{self.key} {self.mean:.2f}, images' standard error {self.images:.2f}; n = 1, no interval"
         return (
-            f"{self.key} {self.mean:.2f}, standard error {self.combined:.2f} "
-            f"({seeds}, images {self.images:.2f}); 95% interval {low:.2f}..{high:.2f}"
+            f"{self.key} {self.mean:.2f}, standard error {self.combined:.2f} (seeds {self.seeds:.2f}, "
+            f"images {self.images:.2f}); 95% interval {bounds[0]:.2f}..{bounds[1]:.2f}"
         )
 
 
@@ -381,7 +400,7 @@ def uncertainty(group: Group, key: str) -> Uncertainty | None:
     if not values or len(errors) != len(values):
         return None
     seeds = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
-    return Uncertainty(key, statistics.fmean(values), seeds, statistics.fmean(errors))
+    return Uncertainty(key, statistics.fmean(values), seeds, statistics.fmean(errors), len(values))
 
 
 def summary_lines(groups: list[Group], *, chosen: bool = False) -> list[str]:
@@ -435,8 +454,8 @@ def choice_line(groups: list[Group]) -> str:
     cell = spread(first.values(selection.SELECT_BY))
     return (
         f"validation chose: {first.name} [{first.config[:12]}], mean {selection.SELECT_BY} {cell} "
-        f"({first.seeds}), the lowest of {plural(len(groups), 'configuration')} compared; "
-        f"the test set reports on that choice"
+        f"({first.seeds}), the lowest of every configuration in the experiment, failed seeds "
+        f"counted against; the test set reports on that choice"
     )
 
 

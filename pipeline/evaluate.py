@@ -66,6 +66,11 @@ def main() -> None:
         reconstruction, kl = elbo_parts(
             vae.decoder, x_test, mu, logvar, rng=rng, batch_size=config.batch_size
         )
+        iw_nll = importance_weighted_nll(
+            vae.decoder, x_test, mu, logvar, k=config.iw_samples, rng=rng, batch_size=config.batch_size
+        )
+        train_mu, _ = encode(vae.encoder, splits["train"].images, config.batch_size)
+        # After the test set's draws, so that those stay as they were before this was measured.
         val_mu, val_logvar = encode(vae.encoder, splits["val"].images, config.batch_size)
         val_reconstruction, val_kl = elbo_parts(
             vae.decoder,
@@ -75,10 +80,6 @@ def main() -> None:
             rng=rng,
             batch_size=config.batch_size,
         )
-        iw_nll = importance_weighted_nll(
-            vae.decoder, x_test, mu, logvar, k=config.iw_samples, rng=rng, batch_size=config.batch_size
-        )
-        train_mu, _ = encode(vae.encoder, splits["train"].images, config.batch_size)
         metrics = {
             "test_loss": float(np.mean(reconstruction + kl)),
             # The mean's standard error over these images: the noise of the split itself,

@@ -13,7 +13,7 @@ from pipeline.params import PipelineError
 from pipeline.quiet import start_tensorflow
 
 STOPPED = threading.Event()  # set by SIGTERM or Ctrl-C; see `interrupt`
-_deferred = 0  # how deep this thread is in `interrupt_at_safe_points` blocks
+_deferred = 0  # how deep the main thread (where Python runs handlers) is in `interrupt_at_safe_points`
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -24,18 +24,21 @@ def interrupt(signum: int, frame: object) -> None:
     `ops.shape` while tracing a step is one) and come back as an unrelated error with its
     traceback. There the training loop raises it at its next batch's end (`training.StopOnSignal`).
 
-    Later SIGTERMs are ignored, so that the cleanup this one starts (ending runs KILLED or
-    FAILED) is not cut short. A second one is common: `kill` of a process group reaches a
-    sweep's workers, and then the launcher, stopping, sends them another. Cut short, the
-    open run would be ended FINISHED by MLflow's exit handler.
+    A second Ctrl-C raises at once, wherever it comes. Later SIGTERMs are ignored, so that the
+    cleanup the first starts (ending runs KILLED or FAILED) is not cut short. A second one is
+    common: `kill` of a process group reaches a sweep's workers, and then the launcher,
+    stopping, sends them another. Cut short, the open run would be ended FINISHED by MLflow's
+    exit handler.
 
     The KeyboardInterrupt can be lost: raised while Python runs a finalizer (a weakref
     callback, a `__del__`), it is dropped. `STOPPED` stays set, and the training loop raises
     it again at its next batch (`training.StopOnSignal`).
     """
+    again = STOPPED.is_set()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     STOPPED.set()
-    if not _deferred:
+    # A second Ctrl-C is a user who will not wait for the batch's end: stop at once.
+    if not _deferred or (again and signum == signal.SIGINT):
         raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -46,7 +46,7 @@ def project(tmp_path):
         for seed, (val, test) in enumerate(zip(spec["val_loss"], spec["test_loss"], strict=True), start=1):
             metrics = {"val_loss": val, "test_loss": test, "test_loss_se": 0.6}
             ids[config, seed] = make(config, seed, "FINISHED", metrics, {})
-    make("c", 3, "FAILED", {"loss/train": float("nan")}, {"pipeline.diverged": "true"})
+    ids["c", 3] = make("c", 3, "FAILED", {"loss/train": float("nan")}, {"pipeline.diverged": "true"})
     make("a", 9, "KILLED", {}, {})  # stopped by the user: not the configuration's failure
     make("b", 4, "FAILED", {"val_loss": 241.2}, {})  # trained, then failed in evaluate: not a failed seed
     return tmp_path, uri, ids
@@ -96,7 +96,8 @@ def test_a_diverged_seed_ranks_its_configuration_last_and_is_counted(project):
 
 def test_named_runs_count_their_configurations_failed_seeds(project):
     _, _, ids = project
-    printed, _ = compare(project, ids["a", 1], ids["a", 2], ids["c", 1], ids["c", 2])
+    # The diverged run named as well counts once.
+    printed, _ = compare(project, ids["a", 1], ids["a", 2], ids["c", 1], ids["c", 2], ids["c", 3])
     assert "compare: model.latent_dim 16 [config-c], n = 2 of 3; 1 diverged;" in printed
     # c's mean val_loss is far lower, but a configuration with a failed seed is never the best.
     assert "compare: best val_loss: none, no test: every other configuration has a failed seed" in printed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from matplotlib.figure import Figure
+from scipy import stats
 from scipy.stats import ttest_ind
 
 from pipeline.compare import (
@@ -230,7 +231,7 @@ def test_best_names_validations_choice_and_reports_test_on_it():
     lines = summary_lines(groups, chosen=True)
     assert choice_line(groups) in lines and choice_line(groups).startswith(
         "validation chose: model.latent_dim 0 [config-0], mean val_loss 240.1 ± 0.1 (n = 3), "
-        "the lowest of 2 configurations compared"
+        "the lowest of every configuration in the experiment"
     )
     assert not any(line.startswith("best ") for line in lines)  # nothing is "best" on test
     p = ttest_ind([252.0, 252.4, 252.2], [246.0, 246.3, 246.1], equal_var=False).pvalue
@@ -244,15 +245,22 @@ def test_the_test_losss_error_combines_the_seeds_and_the_images():
     error = uncertainty(groups[0], "test_loss")
     assert error.seeds == pytest.approx(1 / 3**0.5) and error.images == pytest.approx(0.6)
     assert error.combined == pytest.approx((1 / 3 + 0.36) ** 0.5)  # 0.83: not the seeds' 0.58 alone
-    assert (
-        str(error)
-        == "test_loss 240.00, standard error 0.83 (seeds 0.58, images 0.60); 95% interval 238.37..241.63"
+    # Student's t on the Welch-Satterthwaite degrees of freedom, the images' error counted as known.
+    df = 2 * (error.combined / error.seeds) ** 4
+    half = stats.t.ppf(0.975, df) * error.combined
+    assert df == pytest.approx(8.65, abs=0.01) and error.interval() == pytest.approx((240 - half, 240 + half))
+    assert str(error) == (
+        f"test_loss 240.00, standard error 0.83 (seeds 0.58, images 0.60); "
+        f"95% interval {240 - half:.2f}..{240 + half:.2f}"
     )
+    one = uncertainty(configurations(test_loss=[[240.0]], test_loss_se=[[0.6]])[0], "test_loss")
+    assert one.interval() is None and str(one).endswith("n = 1, no interval")  # a seed's spread is unknown
     assert (
         uncertainty(configurations(test_loss=[[240.0]])[0], "test_loss") is None
     )  # no per-image error logged
     html = render(groups, title="t")
-    assert '<td class="num">0.60</td><td class="num">0.83</td>' in html and "238.37..241.63" in html
+    assert '<td class="num">0.60</td><td class="num">0.83</td>' in html
+    assert f"{240 - half:.2f}..{240 + half:.2f}" in html
 
 
 def test_a_configuration_whose_runs_mix_thread_counts_says_so():
