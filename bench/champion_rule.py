@@ -75,8 +75,8 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     print(
-        f"one seed's sd {sd:g} nats; the rule: one-sided z-test at {level:g}, floor sd "
-        f"{tracking.champion_sd:g}; {args.histories:,} histories per row"
+        f"one seed's sd {sd:g} nats; the rule: one-sided test at {level:g}, z on sd "
+        f"{tracking.champion_sd:g} or t on a larger pooled sd; {args.histories:,} histories per row"
     )
     print(f"{'champion seeds':>14} {'challenger seeds':>16}   false switches")
     rows = []

@@ -35,7 +35,7 @@ class Tracking(_Section):
     registered_model: str = Field("fashion-mnist-vae", min_length=1)
     system_metrics_interval: float = Field(2.0, gt=0)
     champion_sd: float = Field(0.89, gt=0)
-    champion_level: float = Field(0.02, gt=0, lt=0.5)
+    champion_level: float = Field(0.025, gt=0, lt=0.5)
 
 
 class Base(_Section):
