@@ -409,6 +409,32 @@ def test_sigterm_during_a_sweep_leaves_nothing_running(tmp_path, official_dir, p
     assert store(repo).list_artifacts(parent.info.run_id, "figures") == []
 
 
+DEFERRED = """
+import os, signal, time
+from pipeline.stage import catch_sigterm, interrupt_at_safe_points
+catch_sigterm()
+try:
+    with interrupt_at_safe_points():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        print("went on", flush=True)  # the stop waits for a safe point, or for the block's end
+        if {twice}:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            print("not reached", flush=True)
+except KeyboardInterrupt:
+    print("stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("twice", "printed"), [(False, ["went on", "stopped"]), (True, ["went on", "stopped"])]
+)
+def test_a_deferred_stop_is_raised_at_the_blocks_end_and_a_second_ctrl_c_at_once(twice, printed):
+    result = run([sys.executable, "-c", DEFERRED.format(twice=twice)], ROOT)
+    assert result.stdout.splitlines() == printed, result.stdout + result.stderr
+
+
 def test_a_stop_while_keras_traces_a_step_ends_training_as_an_interrupt(official_dir):
     """Where Keras' `ops.shape` catches everything, a stop raised mid-trace was lost and came back
     as an unrelated TypeError with its traceback; training now raises it at a batch's end."""
