@@ -3,6 +3,7 @@ the champion's, and how often it keeps it from one that is better.
 
     python bench/champion_rule.py                  # the rule in params.yaml, 20,000 histories per row
     python bench/champion_rule.py --sd 1.0 --level 0.01 --histories 100000 --json rule.json
+    python bench/champion_rule.py --margin 2 --sd 0.74    # the rule before: a fixed margin of 2 nats
 
 Every seed's validation loss is drawn from a normal distribution whose sd is one seed's spread
 (`--sd`, by default `base.tracking.champion_sd`, the spread the project measured). The
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument(
         "--level", type=float, default=None, help="the test's level (default: champion_level)"
     )
+    parser.add_argument(
+        "--margin", type=float, default=None, help="simulate instead the old rule: a fixed margin in nats"
+    )
     parser.add_argument("--better", type=float, default=2.0, help="the better challenger's lead, in sds")
     parser.add_argument("--histories", type=int, default=20_000, help="simulated histories per row")
     parser.add_argument("--champion-seeds", type=int, nargs="+", default=[1, 2, 3, 5])
@@ -73,21 +77,33 @@ def main() -> None:
     def rule(holder, groups):  # the registry's rule with these settings
         return champion(holder, groups, sd=tracking.champion_sd, level=level)
 
+    def margin_rule(holder, groups):  # the rule before: mean lower by more than a margin, 2+ seeds
+        other = "rival" if holder == "held" else "held"
+        held, rival = groups[holder], groups[other]
+        wins = len(rival) >= min(len(held), 2) and np.mean(rival) < np.mean(held) - args.margin
+        return (other if wins else holder), ""
+
+    simulated = rule if args.margin is None else margin_rule
+
     rng = np.random.default_rng(args.seed)
-    print(
-        f"one seed's sd {sd:g} nats; the rule: one-sided test at {level:g}, z on sd "
-        f"{tracking.champion_sd:g} or t on a larger pooled sd; {args.histories:,} histories per row"
+    how = (
+        f"a fixed margin of {args.margin:g} nats"
+        if args.margin is not None
+        else f"one-sided test at {level:g}, z on sd {tracking.champion_sd:g} or t on a larger pooled sd"
     )
+    print(f"one seed's sd {sd:g} nats; the rule: {how}; {args.histories:,} histories per row")
     print(f"{'champion seeds':>14} {'challenger seeds':>16}   false switches")
     rows = []
     for n in args.champion_seeds:
         for m in args.challenger_seeds:
-            switched = sum(history(rule, rng, n=n, m=m, sd=sd, shift=0.0)[0] for _ in range(args.histories))
+            switched = sum(
+                history(simulated, rng, n=n, m=m, sd=sd, shift=0.0)[0] for _ in range(args.histories)
+            )
             rows.append({"champion_seeds": n, "challenger_seeds": m, "false_switches": switched})
             print(f"{n:14d} {m:16d}   {interval(switched, args.histories)}")
     worst = max(rows, key=lambda row: row["false_switches"])
     missed = sum(
-        not history(rule, rng, n=CONFIRMED, m=CONFIRMED, sd=sd, shift=args.better * sd)[1]
+        not history(simulated, rng, n=CONFIRMED, m=CONFIRMED, sd=sd, shift=args.better * sd)[1]
         for _ in range(args.histories)
     )
     print(
