@@ -522,8 +522,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def select(args: argparse.Namespace, experiment_id: str) -> tuple[list, str]:
-    """The runs the command line names, and how they were chosen."""
+def select(
+    args: argparse.Namespace, experiment_id: str, failed: dict[str, dict[int, str]]
+) -> tuple[list, str]:
+    """The runs the command line names, and how they were chosen (`--best` counting the `failed`
+    seeds against their configurations)."""
     if args.runs:
         return queries.runs_named(experiment_id, args.runs), "named runs"
     if args.study is not None:
@@ -532,7 +535,7 @@ def select(args: argparse.Namespace, experiment_id: str) -> tuple[list, str]:
         if not runs:
             raise PipelineError(f"study {args.study!r} has no complete trial in the MLflow store")
         return runs, f"the {n} best trials of study {args.study}"
-    runs = queries.best_configurations(experiment_id, args.best)
+    runs = queries.best_configurations(experiment_id, args.best, failed)
     if not runs:
         raise PipelineError("no finished trained model in the MLflow store; run `dvc repro` first")
     return runs, f"the {args.best} configurations with the lowest mean val_loss"
@@ -548,12 +551,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per run's figures
     params = load_params()
     experiment_id = store.configure(params.base.tracking.experiment)
-    runs, how = select(args, experiment_id)
+    # A seed that failed or diverged counts against its configuration; a study ranks its own.
+    failed = queries.failed_seeds(experiment_id) if args.study is None else {}
+    runs, how = select(args, experiment_id, failed)
     groups = group_runs([collect(run) for run in runs])
-    if args.study is None:  # a seed that failed or diverged counts against its configuration
-        failed = queries.failed_seeds(experiment_id)
-        for group in groups:
-            group.failed = failed.get(group.config, {})
+    for group in groups:
+        group.failed = failed.get(group.config, {})
     counts = f"{plural(len(runs), 'run')} of {plural(len(groups), 'configuration')}"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     chosen = args.best is not None and args.study is None

@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import sem
 
 from pipeline import data
 from pipeline.configuration import protocol
-from pipeline.params import flatten, load_params
+from pipeline.params import Tracking, flatten, load_params
 from pipeline.paths import MODEL, PREPARED
-from pipeline.selection import ChampionRule
 from pipeline.stage import run_stage
 from pipeline.tracking import registry, runs, store
 
@@ -25,12 +25,7 @@ def class_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def standard_error(per_image: np.ndarray) -> float:
-    """The standard error of a per-image mean: sd / sqrt(n)."""
-    return float(np.std(per_image, ddof=1) / np.sqrt(len(per_image)))
-
-
-def rank_in_registry(test_loss: float, protocol: str, rule: ChampionRule, experiment_id: str) -> str:
+def rank_in_registry(test_loss: float, protocol: str, tracking: Tracking, experiment_id: str) -> str:
     """Tag the trained model's registered version with its test_loss and protocol; say where the
     champion alias is now."""
     model = runs.read_run_file()
@@ -38,7 +33,13 @@ def rank_in_registry(test_loss: float, protocol: str, rule: ChampionRule, experi
         return ""
     name, version = model["registered_model"], model["model_version"]
     holder, why = registry.record_evaluation(
-        name, version, test_loss=test_loss, protocol=protocol, rule=rule, experiment_id=experiment_id
+        name,
+        version,
+        test_loss=test_loss,
+        protocol=protocol,
+        sd=tracking.champion_sd,
+        level=tracking.champion_level,
+        experiment_id=experiment_id,
     )
     if holder == version:
         return f"; {name} version {version} is the {registry.CHAMPION} ({why})"
@@ -84,8 +85,8 @@ def main() -> None:
             "test_loss": float(np.mean(reconstruction + kl)),
             # The mean's standard error over these images: the noise of the split itself,
             # which no number of training seeds removes.
-            "test_loss_se": standard_error(reconstruction + kl),
-            "val_loss_se": standard_error(val_reconstruction + val_kl),
+            "test_loss_se": float(sem(reconstruction + kl)),
+            "val_loss_se": float(sem(val_reconstruction + val_kl)),
             "test_reconstruction": float(np.mean(reconstruction)),
             "test_kl": float(np.mean(kl)),
             "test_iw_nll": float(np.mean(iw_nll)),
@@ -109,9 +110,9 @@ def main() -> None:
         runs.log_metrics(metrics, model_id=runs.read_run_file().get("model_id"))
         runs.log_metrics(per_class)
         evaluated_as = protocol(params, data.digest(splits))
-        tracking = params.base.tracking
-        rule = ChampionRule(sd=tracking.champion_sd, level=tracking.champion_level)
-        standing = rank_in_registry(metrics["test_loss"], evaluated_as, rule, run.info.experiment_id)
+        standing = rank_in_registry(
+            metrics["test_loss"], evaluated_as, params.base.tracking, run.info.experiment_id
+        )
     print(
         f"evaluate: test_loss {metrics['test_loss']:.3f} nats, "
         f"IW NLL {metrics['test_iw_nll']:.3f}{standing}\n"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 # What a configuration is chosen by: the validation negative ELBO of the model kept (the last
 # epoch's, or the best epoch's under early stopping). A sweep trial records it as its objective.
@@ -97,14 +96,6 @@ def beats(rival: Sequence[float], held: Sequence[float], *, sd: float, level: fl
         return statistic > t.ppf(1 - level, df), f"t = {statistic:.2f} on {df} df"
     statistic = difference / (sd * scale)
     return statistic > statistics.NormalDist().inv_cdf(1 - level), f"z = {statistic:.2f}"
-
-
-@dataclass(frozen=True)
-class ChampionRule:
-    """The champion rule's settings (`base.tracking`): one seed's measured sd, and the test's level."""
-
-    sd: float
-    level: float
 
 
 def champion(

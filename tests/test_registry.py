@@ -8,12 +8,11 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from pipeline.selection import ChampionRule
 from pipeline.tracking import registry
 
 NAME = "fashion-mnist-vae"
 SOURCE = "/nonexistent/model"  # the registry records a source; nothing here loads one
-RULE = ChampionRule(sd=1.0, level=0.02)  # a one-sided z-test at 2%: z above 2.05
+RULE = {"sd": 1.0, "level": 0.02}  # a one-sided z-test at 2%: z above 2.05
 
 
 @pytest.fixture
@@ -28,7 +27,7 @@ def client(tmp_path, monkeypatch):
 
 def record(client, version: str, test_loss: float, protocol: str = "p") -> tuple[str, str]:
     return registry.record_evaluation(
-        NAME, version, test_loss=test_loss, protocol=protocol, rule=RULE, experiment_id=client.experiment_id
+        NAME, version, test_loss=test_loss, protocol=protocol, **RULE, experiment_id=client.experiment_id
     )
 
 

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import selection
 from pipeline.environment import git_state
-from pipeline.tracking.runs import CONFIG_TAG, DIVERGED_TAG
+from pipeline.tracking.runs import CONFIG_TAG, DIVERGED_TAG, all_runs
 from pipeline.tracking.store import DIED_TAG, TrackingError
 
 # The comparison report: which runs, what they hold, and the small run that carries the report.
@@ -73,26 +73,18 @@ def failed_seeds(experiment_id: str) -> dict[str, dict[int, str]]:
 
 
 def _train_runs(experiment_id: str, condition: str) -> list[mlflow.entities.Run]:
-    """Every training run of the experiment that meets `condition`, oldest first, page by page."""
-    client, found, token = mlflow.MlflowClient(), [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`pipeline.stage` = 'train' and {condition}",
-            order_by=["attributes.start_time ASC"],
-            page_token=token,
-        )
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
+    """Every training run of the experiment that meets `condition`, oldest first."""
+    filter_string = f"tags.`pipeline.stage` = 'train' and {condition}"
+    return list(all_runs(mlflow.MlflowClient(), experiment_id, filter_string, ["attributes.start_time ASC"]))
 
 
-def best_configurations(experiment_id: str, n: int) -> list[mlflow.entities.Run]:
+def best_configurations(
+    experiment_id: str, n: int, failed: dict[str, dict[int, str]]
+) -> list[mlflow.entities.Run]:
     """Every finished, evaluated trained model of the `n` configurations that `selection.rank`
     puts first by mean validation loss, best first, each one's runs in the order they started.
-    A seed trained twice counts once, by its latest run; a seed that failed or diverged counts
-    against its configuration (`failed_seeds`)."""
+    A seed trained twice counts once, by its latest run; a seed in `failed` (`failed_seeds`)
+    counts against its configuration."""
     groups: dict[str, dict[str, mlflow.entities.Run]] = {}
     for run in _train_runs(experiment_id, "attributes.status = 'FINISHED'"):
         if "test_loss" in run.data.metrics:
@@ -100,7 +92,6 @@ def best_configurations(experiment_id: str, n: int) -> list[mlflow.entities.Run]
             seed = run.data.params.get("train.seed", run.info.run_id)
             groups.setdefault(config, {}).pop(seed, None)
             groups[config][seed] = run  # the latest of a seed, in start order
-    failed = failed_seeds(experiment_id)
     scores = {
         config: [validation_loss(run) for run in group.values()] + [math.nan] * len(failed.get(config, {}))
         for config, group in groups.items()

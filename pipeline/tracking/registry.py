@@ -77,7 +77,8 @@ def _decide(
     name: str,
     version: str,
     protocol: str,
-    rule: selection.ChampionRule,
+    sd: float,
+    level: float,
     experiment_id: str,
 ) -> tuple[str, str]:
     """Move the alias where `selection.champion` says, among the versions evaluated under
@@ -121,7 +122,7 @@ def _decide(
     for config, values in groups.items():
         values.extend([math.nan] * len(failed.get(config, {})))
     held = version_config(holder) if holder is not None else None
-    winner, why = selection.champion(held, groups, sd=rule.sd, level=rule.level)
+    winner, why = selection.champion(held, groups, sd=sd, level=level)
     mine = version_config(evaluated)
     if holder is not None and winner == held:
         if held_by == version:
@@ -151,7 +152,8 @@ def record_evaluation(
     *,
     test_loss: float,
     protocol: str,
-    rule: selection.ChampionRule,
+    sd: float,
+    level: float,
     experiment_id: str,
 ) -> tuple[str, str]:
     """Tag the version with its `test_loss` and evaluation protocol; move `champion` as
@@ -166,9 +168,9 @@ def record_evaluation(
     with _exclusive():
         client.set_model_version_tag(name, version, TEST_LOSS, repr(test_loss))
         client.set_model_version_tag(name, version, PROTOCOL, protocol)
-        holder, why = _decide(client, name, version, protocol, rule, experiment_id)
+        holder, why = _decide(client, name, version, protocol, sd, level, experiment_id)
         if not mlflow.get_tracking_uri().startswith("sqlite:///"):
-            again, why_again = _decide(client, name, version, protocol, rule, experiment_id)
+            again, why_again = _decide(client, name, version, protocol, sd, level, experiment_id)
             if again != holder:
                 holder, why = again, f"after another evaluation that ended at the same time: {why_again}"
         return holder, why

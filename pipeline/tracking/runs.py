@@ -254,7 +254,7 @@ def retag_runs(experiment_id: str, registered_model: str) -> Counter:
     client = mlflow.MlflowClient()
     done: Counter = Counter()
     configs = {}
-    for run in _all_runs(client, experiment_id):
+    for run in all_runs(client, experiment_id):
         tags = run.data.tags
         if tags.get("pipeline.stage") not in ("train", "trial"):
             continue
@@ -279,11 +279,18 @@ def retag_runs(experiment_id: str, registered_model: str) -> Counter:
     return done
 
 
-def _all_runs(client: mlflow.MlflowClient, experiment_id: str) -> Iterator[mlflow.entities.Run]:
-    """Every run of an experiment, page by page."""
+def all_runs(
+    client: mlflow.MlflowClient,
+    experiment_id: str,
+    filter_string: str = "",
+    order_by: list[str] | None = None,
+) -> Iterator[mlflow.entities.Run]:
+    """Every run of an experiment that `filter_string` admits, in `order_by`'s order, page by page."""
     token = None
     while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        page = client.search_runs(
+            [experiment_id], filter_string, max_results=1000, order_by=order_by, page_token=token
+        )
         yield from page
         token = page.token
         if not token:
