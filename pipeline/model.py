@@ -106,7 +106,9 @@ class VAE(keras.Model):
     Against a collapsed latent space, training can optimise another objective (Keras' `loss`
     stays the negative ELBO; the objective is logged as `objective`): a KL term weighted from 0
     up to 1 over the first `kl_warmup_steps` optimizer steps (Bowman et al. 2016), and each
-    unit's batch-mean KL counted as at least `free_bits` nats (Kingma et al. 2016).
+    unit's batch-mean KL counted as at least `free_bits` nats (Kingma et al. 2016). Any of them
+    times `kl_weight`, the beta of a beta-VAE (Higgins et al. 2017): below 1 the model codes more
+    and reconstructs better, above 1 the reverse, a point elsewhere on the rate-distortion plane.
     Calling the model returns the deterministic reconstruction sigmoid(decode(mu)).
     """
 
@@ -117,6 +119,7 @@ class VAE(keras.Model):
         seed: int | None = None,
         kl_warmup_steps: int = 0,
         free_bits: float = 0.0,
+        kl_weight: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -125,6 +128,7 @@ class VAE(keras.Model):
         self.seed = seed
         self.kl_warmup_steps = kl_warmup_steps
         self.free_bits = free_bits
+        self.kl_weight = kl_weight
         self.sampling = Sampling(seed=seed, name="sampling")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
@@ -133,7 +137,7 @@ class VAE(keras.Model):
     @property
     def reshaped(self) -> bool:
         """Whether training optimises something other than the negative ELBO."""
-        return bool(self.kl_warmup_steps or self.free_bits)
+        return bool(self.kl_warmup_steps or self.free_bits or self.kl_weight != 1)
 
     @property
     def metrics(self) -> list:
@@ -159,10 +163,10 @@ class VAE(keras.Model):
         if not self.reshaped:
             return reconstruction + kl, reconstruction, kl, reconstruction + kl
         counted = ops.sum(ops.maximum(kl_per_unit(mu, logvar), self.free_bits)) if self.free_bits else kl
-        weight = 1.0
+        weight = self.kl_weight
         if self.kl_warmup_steps:
             steps = ops.cast(self.optimizer.iterations, "float32")
-            weight = ops.minimum(1.0, steps / float(self.kl_warmup_steps))
+            weight = self.kl_weight * ops.minimum(1.0, steps / float(self.kl_warmup_steps))
         return reconstruction + kl, reconstruction, kl, reconstruction + weight * counted
 
     def _record(self, reconstruction, kl) -> dict:
@@ -198,6 +202,7 @@ class VAE(keras.Model):
             "seed": self.seed,
             "kl_warmup_steps": self.kl_warmup_steps,
             "free_bits": self.free_bits,
+            "kl_weight": self.kl_weight,
         }
 
     @classmethod
@@ -217,6 +222,7 @@ def build_vae(model: Model, train: Train, seed: int, learning_rate=None, steps_p
         seed=seed,
         kl_warmup_steps=round(train.kl_warmup_epochs * steps_per_epoch),
         free_bits=train.free_bits,
+        kl_weight=train.kl_weight,
         name="vae",
     )
     vae.compile(

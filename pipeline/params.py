@@ -96,10 +96,11 @@ class Train(_Section):
     plateau_factor: float = Field(0.5, gt=0, lt=1)  # plateau: the rate is multiplied by this ...
     plateau_patience: int = Field(2, ge=1)  # ... after this many epochs without a better val_loss
     early_stopping: int = Field(0, ge=0)  # stop after this many epochs without a better val_loss; 0 = off
-    # Against a collapsed latent space; both off here. Training's objective changes, never the
-    # negative ELBO every stage reports.
-    kl_warmup_epochs: float = Field(0, ge=0)  # the KL term's weight rises from 0 to 1 over these epochs
+    # Against a collapsed latent space, and the KL's weight; all off here. Training's objective
+    # changes, never the negative ELBO every stage reports.
+    kl_warmup_epochs: float = Field(0, ge=0)  # the KL term's weight rises from 0 to kl_weight over these
     free_bits: float = Field(0, ge=0)  # nats: each latent unit's KL counts as at least this much
+    kl_weight: float = Field(1, gt=0, le=100)  # the KL term's weight (beta); 1 = the negative ELBO itself
 
     @model_validator(mode="after")
     def _levers_fit(self) -> Train:

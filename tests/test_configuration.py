@@ -76,6 +76,7 @@ def test_the_defaults_that_numbers_rest_on_are_pinned():
         "train.epochs": 30, "train.batch_size": 100, "train.learning_rate": 1e-3, "train.optimizer": "nadam",
         "train.schedule": "constant", "train.warmup_epochs": 0.0, "train.final_lr_fraction": 0.0,
         "train.early_stopping": 0, "train.kl_warmup_epochs": 0.0, "train.free_bits": 0.0,
+        "train.kl_weight": 1.0,
         "evaluate.iw_samples": 50, "evaluate.knn_neighbors": 5, "evaluate.active_threshold": 0.01,
         "evaluate.batch_size": 500,
     }  # fmt: skip

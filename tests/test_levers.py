@@ -187,3 +187,16 @@ def test_kl_warm_up_and_free_bits_change_the_objective_but_not_the_reported_elbo
     # Each of the 2 units counts as at least 5 nats, so the objective is above the ELBO.
     assert floored["objective"][-1] >= floored["reconstruction"][-1] + 2 * 5.0 - 1e-3
     assert floored["loss"] != plain["loss"]  # the gradient changed, so the model did
+
+
+def test_the_kl_weight_moves_the_model_along_the_rate_distortion_trade_off(small_data):
+    _, plain = fit(small_data, epochs=3)
+    _, light = fit(small_data, epochs=3, kl_weight=0.2)
+    _, heavy = fit(small_data, epochs=3, kl_weight=5.0)
+    # The objective weighs the KL by beta; the reported loss stays reconstruction + KL.
+    weighed = np.add(light["reconstruction"], 0.2 * np.array(light["kl"]))
+    np.testing.assert_allclose(light["objective"], weighed, rtol=1e-4)
+    np.testing.assert_allclose(heavy["loss"], np.add(heavy["reconstruction"], heavy["kl"]), rtol=1e-5)
+    # A light KL codes more (a higher rate) and reconstructs better; a heavy one the reverse.
+    assert light["val_kl"][-1] > plain["val_kl"][-1] > heavy["val_kl"][-1]
+    assert light["val_reconstruction"][-1] < plain["val_reconstruction"][-1] < heavy["val_reconstruction"][-1]
