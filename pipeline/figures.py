@@ -18,5 +18,6 @@ FIGURES = (
     Figure("prior_samples.png", "Samples from the prior", in_trial=False),
     Figure("loss_curves.png", "Loss per epoch", in_trial=False),
     Figure("kl_per_unit.png", "KL of each latent unit, and active units, per epoch", in_trial=False),
+    Figure("rate_distortion.png", "Rate and distortion at each epoch's end", in_trial=False),
 )
 NAMES = tuple(figure.name for figure in FIGURES)

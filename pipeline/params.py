@@ -190,6 +190,9 @@ class Tune(_Section):
     # so that workers x threads fit the cores; `threads: 0` leaves TensorFlow's own default.
     workers: Annotated[int | str, _auto_or(1, 64)] = "auto"
     threads: Annotated[int | str, _auto_or(0, 256)] = "auto"
+    # val_loss: one objective, the validation negative ELBO. rate_distortion: two, its parts (the
+    # KL and the reconstruction term), and the study's answer is their Pareto front.
+    objective: Literal["val_loss", "rate_distortion"] = "val_loss"
     sampler: Literal["tpe", "random", "qmc"] = "tpe"
     pruner: Literal["hyperband", "median", "none"] = "hyperband"
     pruner_startup_trials: int = Field(5, ge=0)

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure  # the object API draws to files with no di
 from scipy.special import expit
 
 from pipeline import data
+from pipeline.charts import latent_scatter, path_plane, tile
 from pipeline.figures import NAMES
 from pipeline.history import read_history
 from pipeline.params import Plot, flatten, load_params
@@ -25,40 +26,6 @@ if TYPE_CHECKING:
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Bernoulli means from logits; SciPy's `expit` does not overflow for very negative logits."""
     return expit(logits)
-
-
-def tile(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """`(rows * cols, 28, 28, 1)` -> one `(rows * 28, cols * 28)` sheet, row-major."""
-    side = images.shape[1]
-    sheet = images[..., 0].reshape(rows, cols, side, side)
-    return sheet.transpose(0, 2, 1, 3).reshape(rows * side, cols * side)
-
-
-def latent_scatter(mu: np.ndarray, labels: np.ndarray) -> Figure:
-    """Test-set latent means coloured by class; a PCA projection when latent_dim > 2."""
-    if mu.shape[1] == 1:
-        points, axes = np.column_stack([mu[:, 0], np.zeros(len(mu))]), ("z[0]", "")
-        title = "Test-set latent means (1-D latent)"
-    elif mu.shape[1] == 2:
-        points, axes, title = mu, ("z[0]", "z[1]"), "Test-set latent means"
-    else:
-        from sklearn.decomposition import PCA  # imported only here: it takes seconds to import
-
-        pca = PCA(n_components=2).fit(mu)
-        points = pca.transform(mu)
-        share = pca.explained_variance_ratio_ * 100
-        axes = (f"PC 1 ({share[0]:.0f}% of variance)", f"PC 2 ({share[1]:.0f}% of variance)")
-        title = f"Test-set latent means, PCA of {mu.shape[1]}-D latent"
-    fig = Figure(figsize=(8, 6.5))
-    ax = fig.subplots()
-    cmap = matplotlib.colormaps["tab10"]
-    for label, name in enumerate(data.CLASS_NAMES):
-        chosen = labels == label
-        ax.scatter(points[chosen, 0], points[chosen, 1], s=3, alpha=0.6, color=cmap(label), label=name)
-    ax.set(title=title, xlabel=axes[0], ylabel=axes[1])
-    ax.legend(title="Class", markerscale=4, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
-    return fig
 
 
 def latent_grid(vae: VAE, mu: np.ndarray, config: Plot) -> Figure:
@@ -191,6 +158,7 @@ def main() -> None:
             "prior_samples.png": prior_samples(vae, config.prior_grid, params.base.seed),
             "loss_curves.png": loss_curves(history),
             "kl_per_unit.png": kl_per_unit_curves(history, params.evaluate.active_threshold),
+            "rate_distortion.png": path_plane(history),
         }
         FIGURES.mkdir(parents=True, exist_ok=True)
         for name in NAMES:

@@ -15,6 +15,10 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 SELECT_BY = "val_loss"
 TRIAL_SELECT_BY = "objective_val_loss"
 REPORTED = "test_loss"  # what is reported for the configuration chosen
+# A two-objective sweep's trial records the two parts of its negative ELBO on validation: the
+# rate (the KL) and the distortion (the reconstruction term), which sum to its `objective_val_loss`.
+TRIAL_RATE = "objective_val_rate"
+TRIAL_DISTORTION = "objective_val_distortion"
 
 # Which way each metric is better. A metric not named here has no better side: KL and
 # reconstruction are the two parts of the negative ELBO, each traded against the other, and the
@@ -157,3 +161,15 @@ def seeds_text(ran: int, failed: Mapping[str, int]) -> str:
     if counted == ran:
         return f"n = {ran}"
     return f"n = {counted} of {ran}; " + ", ".join(f"{count} {why}" for why, count in failed.items() if count)
+
+
+def pareto_front(points: Mapping[Hashable, tuple[float, float]]) -> list[Hashable]:
+    """The keys of the points that no other point beats on both coordinates (both lower is
+    better), in order of the first coordinate: the rate-distortion front. Optuna's own
+    `Study.best_trials` does this for a study; this takes any points, so that a study's searched
+    trials can be separated from the trials that confirm them. A tie keeps both."""
+    front: list[Hashable] = []
+    for key in sorted(points, key=lambda k: points[k]):
+        if not front or points[key][1] < points[front[-1]][1] or points[key] == points[front[-1]]:
+            front.append(key)
+    return front

@@ -43,6 +43,7 @@ BEST_PARAMS = Path("sweep/best_params.yaml")
 # Available memory each `auto` worker needs: one adds about 0.9 GiB at its peak (bench/sweep_speed.py).
 WORKER_MEMORY = 2 * 2**30
 SUMMARY = Path("sweep/summary.json")
+FRONT_TABLE = "pareto_front.json"  # the parent run's table of a two-objective study's front
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -145,7 +146,9 @@ def run_workers(
     """
     from tqdm import tqdm
 
-    from pipeline.search import MONITOR, fail_trials, summarise, work
+    from pipeline.search.best import summarise
+    from pipeline.search.study import fail_trials
+    from pipeline.search.worker import MONITOR, work
     from pipeline.tracking import sweep_runs
 
     def progress() -> tuple[int, str]:
@@ -203,11 +206,34 @@ def describe_best(summary: dict[str, Any], monitor: str) -> str:
     n, sd = len(summary["best_values"]), summary["best_sd"]
     spread = f" ± {sd:.3f}" if sd is not None else ""
     confirmed = summary.get("confirmed_trials", 1)
-    among = f", the lowest of {confirmed} confirmed trials" if confirmed > 1 else ""
+    members = "members of the rate-distortion front" if "front" in summary else "trials"
+    among = f", the lowest of {confirmed} confirmed {members}" if confirmed > 1 else ""
     selected = f"trial {trial}, selected at {summary['best_selected_by']:.3f}"
     return (
         f"selection score: {monitor} {value}{spread} over {n} other seed{'s' * (n != 1)}{among} ({selected})"
     )
+
+
+def front_lines(front: list[dict[str, Any]]) -> list[str]:
+    """The rate-distortion front, a line per member by rate, with its confirming seeds' mean."""
+    lines = [f"rate-distortion front ({len(front)} trials; validation, nats):"] if front else []
+    for row in front:
+        confirmed = row["confirmed_val_loss"]
+        again = (
+            f"; {confirmed:.2f} over {row['confirming_seeds']} other seeds" if confirmed is not None else ""
+        )
+        lines.append(
+            f"  trial {row['trial']}: rate {row['rate']:.2f}, distortion {row['distortion']:.2f}, "
+            f"val_loss {row['val_loss']:.2f}{again}"
+        )
+    return lines
+
+
+def front_table(front: list[dict[str, Any]]) -> dict[str, list]:
+    """The front as MLflow's table of columns (the params as `dvc exp run` -S arguments)."""
+    columns = {key: [row[key] for row in front] for key in front[0] if key != "params"}
+    columns["params"] = [" ".join(f"-S {k}={v}" for k, v in row["params"].items()) for row in front]
+    return columns
 
 
 def write_best(summary: dict[str, Any], study_name: str, monitor: str) -> None:
@@ -237,24 +263,30 @@ def main(argv: list[str] | None = None) -> None:
     if not tune.space:
         raise ParamsError("tune.space: empty, so there is nothing to search")
     # Optuna, MLflow and (in the workers) TensorFlow: only a sweep needs them, not --print-best.
-    from pipeline import search
+    from pipeline.search import best, storage, worker
+    from pipeline.search import study as studies
     from pipeline.tracking import store, sweep_runs
 
-    study, parent_run_id = search.join_study(params)
+    study, parent_run_id = studies.join_study(params)
     raw = with_overrides(raw, {"tune.study_name": study.study_name})  # the workers join the same one
-    workers, threads = plan(tune, tune.n_trials - search.finished_count(study))
+    workers, threads = plan(tune, tune.n_trials - studies.finished_count(study))
     print(
         f"tune: {workers} worker{'s' * (workers > 1)} on this machine, "
         f"{threads or 'default'} TensorFlow thread{'s' * (threads != 1)} each"
     )
+    if tune.objective == "rate_distortion" and tune.pruner != "none":
+        print(
+            "tune: two objectives, so no pruning: Optuna prunes single-objective studies only "
+            f"(tune.pruner {tune.pruner} is not used)"
+        )
 
     started = time.monotonic()
     status = "FAILED"
     options = {"workers": workers, "threads": threads, "stop_timeout": tune.stop_timeout}
     try:
         run_workers(raw, study, n_trials=tune.n_trials, parent_run_id=parent_run_id, **options)
-        if tune.confirm_top and tune.confirm_seeds and search.finished_count(study) >= tune.n_trials:
-            total = search.enqueue_replicates(study, tune.confirm_top, tune.confirm_seeds, params.train.seed)
+        if tune.confirm_top and tune.confirm_seeds and studies.finished_count(study) >= tune.n_trials:
+            total = best.enqueue_replicates(study, tune.confirm_top, tune.confirm_seeds, params.train.seed)
             print(f"tune: the {tune.confirm_top} best trials again, on {tune.confirm_seeds} more seeds each")
             confirm = with_overrides(raw, {"tune.n_trials": total})
             run_workers(confirm, study, n_trials=total, parent_run_id=parent_run_id, **options)
@@ -263,20 +295,25 @@ def main(argv: list[str] | None = None) -> None:
         status = "KILLED"
         raise
     finally:
-        summary = {**search.summarise(study), "seconds": round(time.monotonic() - started, 1)}
+        summary = {**best.summarise(study), "seconds": round(time.monotonic() - started, 1)}
         # Stopped or failed, it ends at once: the figures wait for the run that finishes the study.
-        figures = search.study_figures(study, tune.space) if status == "FINISHED" else {}
-        sweep_runs.end_study_run(parent_run_id, summary=summary, figures=figures, status=status)
+        figures = best.study_figures(study, tune.space) if status == "FINISHED" else {}
+        tables = {FRONT_TABLE: front_table(summary["front"])} if summary.get("front") else {}
+        sweep_runs.end_study_run(
+            parent_run_id, summary=summary, figures=figures, status=status, tables=tables
+        )
     print(
-        f"tune: study {study.study_name!r} in {redact(search.storage_url(tune))}\n"
+        f"tune: study {study.study_name!r} in {redact(storage.storage_url(tune))}\n"
         f"  trials: {summary['trials_complete']} complete, {summary['trials_pruned']} pruned, "
         f"{summary['trials_failed']} failed ({summary['seconds']} s this session)\n"
         f"  MLflow parent run: {store.run_link(parent_run_id)}{store.ui_hint()}"
     )
+    for line in front_lines(summary.get("front", [])):
+        print(f"  {line}")
     if "best_params" in summary:
-        write_best(summary, study.study_name, search.MONITOR)
+        write_best(summary, study.study_name, worker.MONITOR)
         print(
-            f"  best: {describe_best(summary, search.MONITOR)} with {summary['best_params']}\n"
+            f"  best: {describe_best(summary, worker.MONITOR)} with {summary['best_params']}\n"
             f"  written to {BEST_PARAMS}; re-train: dvc exp run $(python -m pipeline.tune --print-best)"
         )
 

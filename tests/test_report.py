@@ -8,21 +8,20 @@ from matplotlib.figure import Figure
 from scipy import stats
 from scipy.stats import ttest_ind
 
-from pipeline.compare import (
+from pipeline.charts import figure_png
+from pipeline.report import (
     REPORTING,
     Group,
     RunView,
     choice_line,
-    figure_png,
     group_runs,
-    holm,
     param_rows,
+    plane_line,
+    plane_rows,
     render,
-    spread,
     summary_lines,
-    uncertainty,
-    verdicts,
 )
+from pipeline.stats import holm, spread, uncertainty, verdicts
 
 
 def small_png() -> bytes:
@@ -277,3 +276,40 @@ def test_a_configuration_whose_runs_mix_thread_counts_says_so():
         lines
     )
     assert not any("model.latent_dim 16 [" in line and "mix train.threads" in line for line in lines)
+
+
+def on_plane(
+    view_: RunView, rates: list[float], distortions: list[float], best_epoch: int | None = None
+) -> RunView:
+    view_.curves = {"kl/val": rates, "reconstruction/val": distortions}
+    if best_epoch is not None:
+        view_.metrics["best_epoch"] = best_epoch
+    return view_
+
+
+def test_the_plane_places_each_configuration_at_its_seeds_mean_and_says_which_codes_most():
+    runs = [
+        on_plane(view("a", 16, 241.0, seed=1), [9.0, 20.0], [260.0, 221.0]),
+        on_plane(view("a", 16, 242.0, seed=2), [9.0, 22.0], [260.0, 219.0]),
+        # Early stopping kept epoch 1 (the first): its point is that epoch's, not the last.
+        on_plane(view("b", 2, 263.0, seed=1), [5.0, 6.0, 2.0], [258.0, 257.0, 300.0], best_epoch=1),
+        on_plane(view("b", 2, 264.0, seed=2), [5.5, 7.0], [256.0, 259.0]),
+    ]
+    groups = group_runs(runs)
+    rows = plane_rows(groups)
+    assert [row["group"].name for row in rows] == ["model.latent_dim 16", "model.latent_dim 2"]  # by rate
+    assert (rows[0]["rate"].mean, rows[0]["distortion"].mean) == (21.0, 220.0)
+    assert (rows[1]["rate"].mean, rows[1]["distortion"].mean) == (6.5, 258.0)
+    assert plane_line(rows) == (
+        "model.latent_dim 16 codes the most (rate 21 ± 1.4 nats, distortion 220 ± 1.4); "
+        "model.latent_dim 2 the least (rate 6.5 ± 0.71, distortion 258 ± 1.4), "
+        "14.5 nats less rate for +38.0 nats of distortion (means over seeds)"
+    )
+    html = render(groups, title="plane")
+    assert '<table id="plane">' in html and "validation rate against distortion" in html
+    assert any(
+        line.startswith("rate-distortion: model.latent_dim 16 codes the most")
+        for line in summary_lines(groups)
+    )
+    # Runs without the curves (from before they were logged) leave the section out.
+    assert "<h2>Rate and distortion</h2>" not in render(group_runs([view("c", 2, 263.0)]), title="none")

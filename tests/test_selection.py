@@ -6,7 +6,7 @@ import json
 import math
 import sys
 
-from pipeline.selection import champion, confirmed, direction, rank, score, seeds_text
+from pipeline.selection import champion, confirmed, direction, pareto_front, rank, score, seeds_text
 from tests.helpers import ROOT, run
 
 
@@ -119,3 +119,17 @@ def test_the_rule_simulation_runs_the_registrys_rule_and_prints_both_errors(tmp_
     assert report["missed_switches"] == 0  # eight sds better, five seeds each: z = 12.6, never missed
     last = printed.splitlines()[-1]
     assert last.startswith("champion rule: false switches ") and "; missed switches 0.00% " in last
+
+
+def test_the_front_keeps_the_points_no_other_beats_on_both_rate_and_distortion():
+    points = {
+        "low rate": (4.0, 250.0),
+        "dominated": (6.0, 251.0),  # beaten on both by "low rate"
+        "middle": (8.0, 240.0),
+        "same rate, worse": (8.0, 241.0),  # beaten by "middle" on distortion at the same rate
+        "high rate": (15.0, 232.0),
+        "tie": (15.0, 232.0),
+        "more rate, no gain": (20.0, 232.0),  # beaten by "high rate": more rate, the same distortion
+    }
+    assert pareto_front(points) == ["low rate", "middle", "high rate", "tie"]
+    assert pareto_front({}) == []

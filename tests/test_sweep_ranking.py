@@ -8,7 +8,7 @@ import optuna
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from pipeline.search import (
+from pipeline.search.best import (
     DIVERGED,
     REPLICATE_OF,
     SEED,

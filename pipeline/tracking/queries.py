@@ -106,10 +106,13 @@ def validation_loss(run: mlflow.entities.Run) -> float:
     return metrics.get(selection.SELECT_BY, metrics.get("loss/val", math.nan))
 
 
-def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.entities.Run]:
+def best_trials(experiment_id: str, study_name: str, n: int | None) -> tuple[list[mlflow.entities.Run], bool]:
     """The complete trials of a study's `n` best configurations, ranked as `tune` ranks them
     (`selection.confirmed`): each searched trial with the trials that re-trained it on other seeds.
-    Confirmed configurations come first; then, where fewer than `n` were, unconfirmed ones."""
+    Confirmed configurations come first; then, where fewer than `n` were, unconfirmed ones.
+
+    A two-objective study's candidates are the searched trials on its rate-distortion front
+    (`selection.pareto_front`), and `n` None takes them all. Also returns whether it was one."""
     client = mlflow.MlflowClient()
     parents = client.search_runs(
         [experiment_id],
@@ -127,7 +130,7 @@ def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.enti
         )
     ]
     trials.sort(key=lambda run: int(run.data.tags["optuna.trial_number"]))
-    entries, shown = [], {}
+    entries, shown, points = [], {}, {}
     for trial in trials:
         tags, complete = trial.data.tags, trial.data.tags["optuna.state"] == "COMPLETE"
         if not complete and tags.get("optuna.diverged") != "true":
@@ -137,16 +140,22 @@ def best_trials(experiment_id: str, study_name: str, n: int) -> list[mlflow.enti
             key, seed = int(tags["optuna.replicate_of"]), int(trial.data.params["train.seed"])
         elif complete:
             key, seed = int(tags["optuna.trial_number"]), None
+            if selection.TRIAL_RATE in trial.data.metrics:
+                metrics = trial.data.metrics
+                points[key] = (metrics[selection.TRIAL_RATE], metrics[selection.TRIAL_DISTORTION])
         else:
             continue
         entries.append((key, seed, value))
         if complete:
             shown.setdefault(key, []).append(trial)
     groups = selection.sweep_groups(entries)
+    if points:
+        members = set(selection.pareto_front(points))
+        groups = {key: values for key, values in groups.items() if key in members}
     scored = selection.confirmed(groups)
     rest = {key: values for key, values in groups.items() if key not in scored}
     order = selection.rank(scored) + selection.rank(rest)
-    return [trial for key in order[:n] for trial in shown[key]]
+    return [shown[key] for key in order], bool(points)
 
 
 def metric_history(run_id: str, key: str) -> list[float]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import mlflow
 
+from pipeline import selection
 from pipeline.environment import environment_tags, git_state
 from pipeline.params import Params
 from pipeline.redact import redact
@@ -58,8 +59,15 @@ def study_run(params: Params, *, study_name: str, storage: str, run_id: str | No
     return run_id
 
 
-def end_study_run(run_id: str, *, summary: dict[str, Any], figures: dict[str, Any], status: str) -> None:
-    """Record the study's outcome, and Optuna's figures, on its parent run."""
+def end_study_run(
+    run_id: str,
+    *,
+    summary: dict[str, Any],
+    figures: dict[str, Any],
+    status: str,
+    tables: dict[str, dict[str, list]] | None = None,
+) -> None:
+    """Record the study's outcome, its figures and `tables` (file -> columns) on its parent run."""
     client = mlflow.MlflowClient()
     numbers = {
         k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
@@ -68,6 +76,8 @@ def end_study_run(run_id: str, *, summary: dict[str, Any], figures: dict[str, An
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in numbers.items()])
     for name, figure in figures.items():
         client.log_figure(run_id, figure, f"figures/{name}")
+    for name, columns in (tables or {}).items():
+        client.log_table(run_id, data=columns, artifact_file=name)
     client.set_terminated(run_id, status=status)
 
 
@@ -83,9 +93,10 @@ def trial_run(
 ) -> Iterator[dict[str, Any]]:
     """A child run for one Optuna trial with the full effective params and the worker's `tags`.
 
-    The block sets `outcome["value"]`, or `outcome["diverged"]` (tagged `optuna.diverged`) when
-    training diverged; the run's status and `optuna.state` tag follow
-    how the block ends: normally (COMPLETE), by `optuna.TrialPruned` (PRUNED), or otherwise (FAIL).
+    The block sets `outcome["value"]` (and, in a two-objective study, `"rate"` and
+    `"distortion"`), or `outcome["diverged"]` (tagged `optuna.diverged`) when training diverged;
+    the run's status and `optuna.state` tag follow how the block ends: normally (COMPLETE), by
+    `optuna.TrialPruned` (PRUNED), or otherwise (FAIL).
     """
     from optuna import TrialPruned  # here, so the stages that never prune do not import Optuna
 
@@ -124,7 +135,11 @@ def trial_run(
         if outcome.get("diverged"):
             mlflow.set_tag("optuna.diverged", "true")
         if "value" in outcome:
-            mlflow.log_metric("objective_val_loss", outcome["value"])
+            mlflow.log_metric(selection.TRIAL_SELECT_BY, outcome["value"])
+        if "rate" in outcome:
+            mlflow.log_metrics(
+                {selection.TRIAL_RATE: outcome["rate"], selection.TRIAL_DISTORTION: outcome["distortion"]}
+            )
         mlflow.end_run(status=TRIAL_STATUS[state])
 
 
