@@ -131,6 +131,7 @@ class Plot(_Section):
     prior_grid: int = Field(8, ge=1, le=30)
     scatter_points: int | None = Field(None, ge=1)
     dpi: int = Field(110, ge=30, le=600)
+    epoch_images: int = Field(5, ge=0)  # train logs pictures to MLflow every this many epochs; 0 = off
 
     @model_validator(mode="after")
     def _ordered(self) -> Plot:

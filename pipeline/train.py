@@ -39,6 +39,26 @@ def run_to_resume(key: str) -> str | None:
     return None
 
 
+def epoch_images(params: Params, val: data.Split, logged: frozenset[tuple[str, int]]) -> list:
+    """The callback that logs pictures every `plot.epoch_images` epochs, or none where that is 0."""
+    from pipeline.tracking.callbacks import EpochImages
+
+    if not params.plot.epoch_images:
+        return []
+    return [
+        EpochImages(
+            val.images,
+            val.labels,
+            every=params.plot.epoch_images,
+            epochs=params.train.epochs,
+            originals=params.plot.n_reconstructions,
+            prior_grid=params.plot.prior_grid,
+            seed=params.base.seed,
+            logged=logged,
+        )
+    ]
+
+
 def main() -> None:
     # TensorFlow's modules, once `run_stage` has started it quietly
     import keras
@@ -63,9 +83,12 @@ def main() -> None:
         (BACKUP / "run.json").write_text(json.dumps({"key": key, "run_id": run.info.run_id}) + "\n")
         if resume_run_id is None:
             runs.log_dataset(train_images, digest=summary["digest"], source=str(PREPARED))
-            already_logged = frozenset()
+            already_logged, pictures = frozenset(), frozenset()
         else:
-            already_logged = runs.logged_steps(resume_run_id)
+            already_logged, pictures = (
+                runs.logged_steps(resume_run_id),
+                callbacks.logged_images(resume_run_id),
+            )
             print(f"train: resuming run {resume_run_id} from its last checkpoint")
         try:
             # Order matters at each epoch's end: history and metrics first, then the checkpoint.
@@ -78,6 +101,7 @@ def main() -> None:
                 callbacks=[
                     keras.callbacks.CSVLogger(str(BACKUP / "history.csv"), append=True),
                     callbacks.EpochMetrics(skip_steps=already_logged),
+                    *epoch_images(params, splits["val"], pictures),
                     # Two checkpoints: a kill while one is being written leaves the other to resume from.
                     keras.callbacks.BackupAndRestore(str(BACKUP / "state"), double_checkpoint=True),
                 ],

@@ -357,6 +357,69 @@ def test_sweep_confirms_its_best_trials_on_more_seeds(repo, tmp_path):
     assert "<img" in html and html.count("<img") == 1  # the curves only
 
 
+def test_a_two_objective_sweep_returns_its_rate_distortion_front(repo, tmp_path):
+    """Slow: four trials on rate and distortion, then the front's two lowest sums on one more seed."""
+    two = ["-S", "tune.objective=rate_distortion", "-S", "tune.confirm_top=2", "-S", "tune.confirm_seeds=1"]
+    result = tune(repo, "--n-trials", "4", "--study-name", "rd", *two)
+    assert "tune: two objectives, so no pruning" in result.stdout
+    study = journal_study(repo, "rd")
+    assert len(study.directions) == 2 and study.metric_names == [
+        "rate: validation KL",
+        "distortion: validation reconstruction",
+    ]  # the axes optuna-dashboard names
+    searched = {t.number: t for t in study.trials if "replicate_of" not in t.user_attrs}
+    replicates = [t for t in study.trials if "replicate_of" in t.user_attrs]
+    assert len(searched) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+    # The front: the searched trials that no other searched trial beats on both objectives.
+    def beaten(t):
+        return any(o.values[0] <= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
+                   for o in searched.values())  # fmt: skip
+
+    front = sorted((t for t in searched.values() if not beaten(t)), key=lambda t: t.values[0])
+    confirmed = sorted(front, key=lambda t: sum(t.values))[:2]
+    assert sorted(t.user_attrs["replicate_of"] for t in replicates) == sorted(t.number for t in confirmed)
+
+    # Each trial's run records both objectives, and its negative ELBO as their sum.
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in child_runs(repo, study)}
+    for trial in study.trials:
+        metrics = runs[trial.number].data.metrics
+        assert (metrics["objective_val_rate"], metrics["objective_val_distortion"]) == pytest.approx(
+            tuple(trial.values)
+        )
+        assert metrics["objective_val_loss"] == pytest.approx(sum(trial.values), rel=1e-6)
+
+    # The member chosen: the lowest negative ELBO over the seeds that did not select it.
+    def again(trial):
+        return next(sum(r.values) for r in replicates if r.user_attrs["replicate_of"] == trial.number)
+
+    chosen = min(confirmed, key=again)
+    summary = json.loads((repo / "sweep/summary.json").read_text())
+    assert summary["best_trial"] == chosen.number and summary["best_value"] == pytest.approx(again(chosen))
+    assert [row["trial"] for row in summary["front"]] == [t.number for t in front]
+    assert "the lowest of 2 confirmed members of the rate-distortion front" in result.stdout
+    assert f"rate-distortion front ({len(front)} trials; validation, nats):" in result.stdout
+
+    # The parent run holds the front as a figure and a table.
+    client = store(repo)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    figures = {a.path for a in client.list_artifacts(parent, "figures")}
+    assert "figures/rate_distortion_front.png" in figures
+    table = json.loads(client.download_artifacts(parent, "pareto_front.json", str(tmp_path)) and
+                       (tmp_path / "pareto_front.json").read_text())  # fmt: skip
+    rows = dict(zip(table["columns"], zip(*table["data"], strict=True), strict=True))
+    assert list(rows["trial"]) == [t.number for t in front]
+    assert list(rows["rate"]) == pytest.approx([t.values[0] for t in front])
+
+    # compare --study shows every member of the front, each confirmed one with its other seed.
+    report = tmp_path / "front.html"
+    result = run(["python", "-m", "pipeline.compare", "--study", "rd", "--output", str(report)], repo)
+    shown = len(front) + len(replicates)
+    assert f"compare: {shown} runs of {len(front)} configurations" in result.stdout
+    assert "every member of study rd's rate-distortion front" in result.stdout
+    assert '<table id="plane">' in report.read_text()
+
+
 def test_optuna_dashboard_reads_the_journal(repo, pages, artifacts):
     enqueue(repo, "dash")
     space = {"model.latent_dim": IntDistribution(2, 64, log=True)}

@@ -106,13 +106,13 @@ def validation_loss(run: mlflow.entities.Run) -> float:
     return metrics.get(selection.SELECT_BY, metrics.get("loss/val", math.nan))
 
 
-def best_trials(experiment_id: str, study_name: str, n: int | None) -> tuple[list[mlflow.entities.Run], bool]:
-    """The complete trials of a study's `n` best configurations, ranked as `tune` ranks them
-    (`selection.confirmed`): each searched trial with the trials that re-trained it on other seeds.
-    Confirmed configurations come first; then, where fewer than `n` were, unconfirmed ones.
+def best_trials(experiment_id: str, study_name: str) -> tuple[list[list[mlflow.entities.Run]], bool]:
+    """A study's configurations, best first, as `tune` ranks them (`selection.confirmed`): each the
+    complete runs of a searched trial and of the trials that re-trained it on other seeds.
+    Confirmed configurations come first, then unconfirmed ones.
 
     A two-objective study's candidates are the searched trials on its rate-distortion front
-    (`selection.pareto_front`), and `n` None takes them all. Also returns whether it was one."""
+    (`selection.pareto_front`). Also returns whether the study had two objectives."""
     client = mlflow.MlflowClient()
     parents = client.search_runs(
         [experiment_id],
