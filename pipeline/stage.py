@@ -3,7 +3,9 @@ does; TensorFlow, where the stage uses it, starts without its start-up notices."
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import inspect
 import signal
 import sys
 import threading
@@ -70,13 +72,31 @@ def catch_sigterm() -> None:
     sys.unraisablehook = _drop_lost_interrupt
 
 
+def no_arguments(module: str) -> None:
+    """The command line of a stage that takes no arguments: `--help` says what it does, and
+    anything else stops it with a usage line and exit status 2."""
+    name = sys.modules[module].__spec__.name if module == "__main__" else module
+    stage = name.rsplit(".", 1)[-1]
+    argparse.ArgumentParser(
+        prog=f"python -m {name}",
+        description=(sys.modules[module].__doc__ or "").strip(),
+        epilog=f"Its settings are in params.yaml, checked before it starts. DVC runs it: dvc repro {stage}",
+    ).parse_args()
+
+
 def run_stage(main: Callable[[], None], *, tensorflow: bool = False) -> None:
     """Run a stage's `main`: a PipelineError becomes one line on stderr and exit status 2;
     SIGTERM, like Ctrl-C, interrupts it so that open runs are closed as KILLED.
 
+    A `main` that takes no arguments reads its settings from params.yaml alone: its command
+    line answers `--help` and refuses anything else before any work (`no_arguments`). One that
+    takes `argv` parses its own.
+
     With `tensorflow`, TensorFlow is started quietly first: such a stage imports the modules
     that use it inside `main`, so that nothing imports it before.
     """
+    if not inspect.signature(main).parameters:
+        no_arguments(main.__module__)
     catch_sigterm()
     try:
         if tensorflow:

@@ -179,6 +179,9 @@ SMALL = {
     "plot": {"grid_size": 5, "n_reconstructions": 4, "prior_grid": 3, "dpi": 50},
 }
 
+# What a run's name says of SMALL: every setting that differs from the defaults, shortened.
+SMALL_NAME = "2 epochs, 500 val images, 2000 train images, 500 test images, iw samples 4, knn neighbors 3"
+
 
 def run_queue(repo: Path, jobs: int, timeout: float = 1200) -> list[str]:
     """`dvc queue start -j jobs`, as the README says, then wait for the queue to empty; return the

@@ -23,7 +23,7 @@ from pipeline.figures import NAMES as FIGURES
 from pipeline.params import load_params
 from pipeline.selection import beats
 from pipeline.tracking.store import default_store_uri
-from tests.helpers import free_port, run, run_queue, serving, set_param, store
+from tests.helpers import SMALL_NAME, free_port, run, run_queue, serving, set_param, store
 
 # One worker runs them all (pytest-xdist's loadgroup), so the module's project is built once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("compare")]
@@ -89,8 +89,8 @@ def row_values(page, key: str) -> list[str]:
 def test_mlflow_ui_compares_two_runs(repo, mlflow_ui, pages, artifacts):
     runs = trained_runs(repo)
     assert set(runs) == {"2", "3"}
-    assert runs["2"].info.run_name == "latent 2, lr 0.001, seed 42"
-    assert runs["3"].info.run_name == "latent 3, lr 0.001, seed 42 · wide"
+    assert runs["2"].info.run_name == f"latent 2, lr 0.001, {SMALL_NAME}, seed 42"
+    assert runs["3"].info.run_name == f"latent 3, lr 0.001, {SMALL_NAME}, seed 42 · wide"
     experiment_id = runs["2"].info.experiment_id
     errors: list[str] = []
     page = pages(errors, viewport={"width": 1400, "height": 2200})
@@ -127,6 +127,34 @@ def test_mlflow_ui_compares_two_runs(repo, mlflow_ui, pages, artifacts):
         page.get_by_text(f"{quantity}/val", exact=True).first.wait_for(timeout=60_000)
         assert page.get_by_text(f"{quantity}/train", exact=True).count() >= 1
         page.screenshot(path=artifacts / f"mlflow_chart_view_{quantity}.png")
+    assert errors == []
+
+
+PICTURES = """[...document.querySelectorAll("img[src*='reconstructions']")]"""  # a card's pictures
+
+
+def test_run_page_steps_through_the_pictures_logged_by_epoch(repo, mlflow_ui, pages, artifacts):
+    """A person opens a run's charts and moves an image card's step slider: the picture changes."""
+    tracked = trained_runs(repo)["2"]
+    errors: list[str] = []
+    page = pages(errors, viewport={"width": 1400, "height": 1400})
+    page.goto(
+        f"{mlflow_ui}/#/experiments/{tracked.info.experiment_id}/runs/{tracked.info.run_id}/model-metrics"
+        "?workflowType=machine_learning"
+    )
+    page.get_by_placeholder("Search metric charts").fill("reconstructions")
+    picture = page.locator("img[src*='reconstructions']").first
+    picture.wait_for(timeout=60_000)
+    assert "step%2B0%2B" in picture.get_attribute("src")  # the first epoch's, at first
+    slider = page.get_by_role("slider").first
+    assert (slider.get_attribute("aria-valuemin"), slider.get_attribute("aria-valuemax")) == ("0", "1")
+    page.screenshot(path=artifacts / "mlflow_epoch_images_step0.png")
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"() => {PICTURES}.some(i => i.src.includes('step%2B1%2B'))", timeout=30_000)
+    assert slider.get_attribute("aria-valuenow") == "1"
+    page.wait_for_function(f"() => {PICTURES}.every(i => i.complete && i.naturalWidth > 0)")  # it loaded
+    page.screenshot(path=artifacts / "mlflow_epoch_images_step1.png")
     assert errors == []
 
 
@@ -382,7 +410,7 @@ def test_replicates_queued_through_dvc_are_grouped_with_their_spread(repo, mlflo
     # MLflow's runs list groups replicates by the tag, with each group's average.
     ui = pages(errors, viewport={"width": 1600, "height": 1000})
     ui.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
-    ui.get_by_text("latent 2, lr 0.001, seed 1", exact=False).first.wait_for(timeout=60_000)
+    ui.get_by_text(f"latent 2, lr 0.001, {SMALL_NAME}, seed 1", exact=False).first.wait_for(timeout=60_000)
     if ui.get_by_role("button", name="Close").count():  # the assistant's panel, when it is open
         ui.get_by_role("button", name="Close").first.click()
     ui.get_by_role("button", name="Columns", exact=True).click()

@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.configuration import NO_EFFECT, PLATEAU_ONLY, code_digest, config_id, settings
 from pipeline.params import Params, flatten, parse_params, with_overrides
+from pipeline.tracking.runs import run_name
 
 DATA = "a" * 64  # a prepared data set's digest
 OTHER_DATA = "b" * 64
@@ -80,3 +81,15 @@ def test_the_defaults_that_numbers_rest_on_are_pinned():
         "evaluate.iw_samples": 50, "evaluate.knn_neighbors": 5, "evaluate.active_threshold": 0.01,
         "evaluate.batch_size": 500,
     }  # fmt: skip
+
+
+def test_a_run_name_names_every_setting_that_differs_from_the_defaults():
+    assert run_name(Params()) == "latent 2, lr 0.001, seed 42"
+    preset = parse_params(
+        with_overrides({}, {"train.epochs": 6, "train.schedule": "cosine", "train.warmup_epochs": 1,
+                            "train.learning_rate": 0.018, "train.threads": 1, "plot.dpi": 50})
+    )  # fmt: skip
+    # Threads and plotting change no number, so they are not named; the seed always is.
+    assert run_name(preset, "quick") == "latent 2, lr 0.018, 6 epochs, cosine, warm-up 1, seed 42 · quick"
+    beta = parse_params(with_overrides({}, {"train.kl_weight": 0.5, "model.encoder_filters": [16, 32]}))
+    assert run_name(beta) == "latent 2, lr 0.001, encoder filters [16, 32], beta 0.5, seed 42"

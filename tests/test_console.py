@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from tests.helpers import ROOT, run
 
 # TensorFlow's start-up notices: Abseil's, oneDNN's, the CUDA probe's on a machine without a GPU.
@@ -81,3 +83,21 @@ def test_a_fatal_error_while_tensorflow_starts_reaches_the_console(tmp_path):
     result = run([sys.executable, "-c", probe], ROOT, check=False, env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == -6  # SIGABRT
     assert result.stderr == FATAL.decode()  # the notice before it left out
+
+
+COMMANDS = ("prepare", "train", "evaluate", "plot", "compare", "tune", "retag")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_answers_help_and_refuses_an_argument_it_does_not_take(command, tmp_path):
+    # From an empty folder: neither answer may start work or write anything.
+    helped = run(
+        [sys.executable, "-m", f"pipeline.{command}", "--help"], tmp_path, env={"PYTHONPATH": str(ROOT)}
+    )
+    assert helped.stdout.startswith(f"usage: python -m pipeline.{command}")
+    description = (ROOT / "pipeline" / f"{command}.py").read_text().split('"""')[1].split("\n")[0]
+    assert " ".join(description.split()[:4]) in " ".join(helped.stdout.split())
+    refused = run([sys.executable, "-m", f"pipeline.{command}", "--bogus"], tmp_path, check=False,
+                  env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert refused.returncode == 2 and "unrecognized arguments: --bogus" in refused.stderr
+    assert list(tmp_path.iterdir()) == []

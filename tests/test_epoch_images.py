@@ -44,7 +44,8 @@ def test_pictures_are_logged_at_the_first_every_nth_and_last_epoch_and_change_as
 ):
     train, val = small
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    with mlflow.start_run() as run:
+    experiment = mlflow.create_experiment("pictures", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
         fit_vae(train.images, val.images, model=Model(latent_dim=latent_dim), train=Train(epochs=4),
                 seed=1, callbacks=[callback(val, every=3, epochs=4)], verbose=0)  # fmt: skip
     client = mlflow.MlflowClient()

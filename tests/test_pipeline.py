@@ -14,7 +14,18 @@ import pytest
 from pipeline import data
 from pipeline.figures import NAMES as FIGURES
 from pipeline.tracking.store import default_store_uri
-from tests.helpers import SMALL, config_of, free_port, make_repo, ran_stages, run, serving, set_param, store
+from tests.helpers import (
+    SMALL,
+    SMALL_NAME,
+    config_of,
+    free_port,
+    make_repo,
+    ran_stages,
+    run,
+    serving,
+    set_param,
+    store,
+)
 
 # One worker runs them all (pytest-xdist's loadgroup), so the module's project is built once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
@@ -75,7 +86,7 @@ def test_mlflow_run_holds_all_four_stages(repo):
     for key in ("loss/train", "loss/val", "kl/val", "reconstruction/train"):  # grouped per quantity
         history = store(repo).get_metric_history(tracked.info.run_id, key)
         assert sorted(m.step for m in history) == [0, 1]
-    assert tracked.info.run_name == "latent 2, lr 0.001, seed 42"
+    assert tracked.info.run_name == f"latent 2, lr 0.001, {SMALL_NAME}, seed 42"
     assert tracked.data.tags["pipeline.config_id"] == config_of(repo)
     description = tracked.data.tags["mlflow.note.content"]
     assert "Latent dim 2; nadam at learning rate 0.001, batch 100, 2 epochs on 2,000 training" in description
@@ -163,7 +174,9 @@ def test_exp_run_with_override_is_listed_with_params_and_metrics(repo):
     assert set(by_dim) == {"2", "8"}
     assert by_dim["8"].info.status == "FINISHED" and "dvc.exp_name" in by_dim["8"].data.tags
     assert by_dim["8"].data.tags["dvc.exp_name"] == experiment["Experiment"]
-    assert by_dim["8"].info.run_name == f"latent 8, lr 0.001, seed 42 · {experiment['Experiment']}"
+    assert (
+        by_dim["8"].info.run_name == f"latent 8, lr 0.001, {SMALL_NAME}, seed 42 · {experiment['Experiment']}"
+    )
     assert by_dim["8"].data.tags["git.dirty"] == "true"  # params.yaml differs from the commit
 
 

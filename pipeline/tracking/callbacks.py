@@ -123,7 +123,7 @@ class EpochImages(keras.callbacks.Callback):
             return None
         mu = keras.ops.convert_to_numpy(self.model.encoder(self.probe, training=False)[0])
         figure = charts.latent_scatter(mu, self.labels, title=f"Validation latent means, epoch {epoch + 1}")
-        return Image.open(io.BytesIO(charts.figure_png(figure, dpi=60)))
+        return Image.open(io.BytesIO(charts.figure_png(figure, dpi=72)))
 
 
 def sheet(pixels: np.ndarray) -> np.ndarray:

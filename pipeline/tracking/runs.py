@@ -16,7 +16,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from pipeline.configuration import code_digest, config_id, from_logged
+from pipeline.configuration import code_digest, config_id, from_logged, settings
 from pipeline.environment import LOCK, environment_tags, file_sha256, git_state
 from pipeline.params import Params, flatten
 from pipeline.paths import RUN_FILE
@@ -66,11 +66,41 @@ def configuration_tags(config: str, data_digest: str) -> dict[str, str]:
     return {CONFIG_TAG: config, DATA_TAG: data_digest[:16], CODE_TAG: code_digest()}
 
 
+# How a run's name writes a setting that differs from the defaults; any other key by its last part.
+SHORT = {
+    "model.latent_dim": "latent {}",
+    "train.learning_rate": "lr {:.2g}",
+    "train.epochs": "{} epochs",
+    "train.schedule": "{}",
+    "train.warmup_epochs": "warm-up {:g}",
+    "train.final_lr_fraction": "to {:g} of lr",
+    "train.kl_warmup_epochs": "KL warm-up {:g}",
+    "train.free_bits": "free bits {:g}",
+    "train.kl_weight": "beta {:g}",
+    "train.early_stopping": "early stopping {}",
+    "model.dense_units": "dense {}",
+    "data.train_size": "{} train images",
+    "data.val_size": "{} val images",
+    "data.test_size": "{} test images",
+}
+NAME_ORDER = ("model.", "train.", "data.", "evaluate.", "base.")
+
+
 def run_name(params: Params, exp_name: str | None = None) -> str:
-    """What tells runs apart in the UI's list: the DVC experiment, latent dim, learning rate and seed."""
-    model, train = params.model, params.train
-    settings = f"latent {model.latent_dim}, lr {train.learning_rate:.2g}, seed {train.seed}"
-    return f"{settings} · {exp_name}" if exp_name else settings
+    """What tells runs apart in the UI's list: latent dim and learning rate, every other setting
+    that differs from the defaults (`settings`, shortened), the seed, and the DVC
+    experiment: `latent 2, lr 0.018, 6 epochs, cosine, warm-up 1, seed 42`."""
+    differ = sorted(
+        settings(params).items(),
+        key=lambda item: next(i for i, prefix in enumerate(NAME_ORDER) if item[0].startswith(prefix)),
+    )
+    parts = [SHORT["model.latent_dim"].format(params.model.latent_dim)]
+    parts.append(SHORT["train.learning_rate"].format(params.train.learning_rate))
+    for key, value in differ:
+        if key not in ("model.latent_dim", "train.learning_rate"):
+            parts.append(SHORT.get(key, key.rsplit(".", 1)[-1].replace("_", " ") + " {}").format(value))
+    name = ", ".join([*parts, f"seed {params.train.seed}"])
+    return f"{name} · {exp_name}" if exp_name else name
 
 
 def run_description(params: Params, how: str, git: dict[str, str], config: str) -> str:
