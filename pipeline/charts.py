@@ -18,6 +18,7 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # the object API draws to files with no display or pyplot state
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.data import CLASS_NAMES
@@ -42,8 +43,15 @@ def figure_png(figure: Figure, dpi: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def latent_scatter(mu: np.ndarray, labels: np.ndarray, title: str = "Test-set latent means") -> Figure:
-    """Latent means coloured by class; a PCA projection when latent_dim > 2."""
+def latent_scatter(
+    mu: np.ndarray,
+    labels: np.ndarray,
+    title: str = "Test-set latent means",
+    size: tuple[float, float] = (8, 6.5),
+) -> Figure:
+    """Latent means coloured by class; a PCA projection when latent_dim > 2. One scatter call and a
+    fixed layout: `train` draws it every few epochs, where matplotlib's layout engine would cost
+    more than the points."""
     if mu.shape[1] == 1:
         points, axes = np.column_stack([mu[:, 0], np.zeros(len(mu))]), ("z[0]", "")
         title = f"{title} (1-D latent)"
@@ -57,15 +65,16 @@ def latent_scatter(mu: np.ndarray, labels: np.ndarray, title: str = "Test-set la
         share = pca.explained_variance_ratio_ * 100
         axes = (f"PC 1 ({share[0]:.0f}% of variance)", f"PC 2 ({share[1]:.0f}% of variance)")
         title = f"{title}, PCA of {mu.shape[1]}-D latent"
-    fig = Figure(figsize=(8, 6.5))
-    ax = fig.subplots()
-    cmap = matplotlib.colormaps["tab10"]
-    for label, name in enumerate(CLASS_NAMES):
-        chosen = labels == label
-        ax.scatter(points[chosen, 0], points[chosen, 1], s=3, alpha=0.6, color=cmap(label), label=name)
+    fig = Figure(figsize=size)
+    ax = fig.add_axes((0.11, 0.1, 0.64, 0.8))
+    colours = matplotlib.colormaps["tab10"](np.arange(len(CLASS_NAMES)))
+    ax.scatter(points[:, 0], points[:, 1], s=3, c=colours[labels], alpha=0.6, linewidths=0)
+    classes = [
+        Line2D([], [], ls="", marker="o", ms=4, color=c, label=n)
+        for c, n in zip(colours, CLASS_NAMES, strict=True)
+    ]
+    ax.legend(handles=classes, title="Class", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.set(title=title, xlabel=axes[0], ylabel=axes[1])
-    ax.legend(title="Class", markerscale=4, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
     return fig
 
 

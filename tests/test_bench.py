@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 
 import pytest
@@ -202,3 +203,12 @@ def test_collapse_queues_every_variant_and_seed_through_dvc_and_names_the_stable
         assert last == f"stable: dvc exp run -S model.latent_dim=16 {levers[chosen]}"
     else:
         assert last == "stable: none of warm, free"
+
+
+def test_epoch_images_prints_the_pictures_share_of_training(official_dir):
+    result = run([sys.executable, "bench/epoch_images.py", "--train-size", "500", "--epochs", "2"], ROOT)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("training: ") and " s per epoch on 500 images" in lines[0]
+    assert re.fullmatch(r"pictures: \d+\.\d{3} s per set \(latent dim 2, with the scatter\)", lines[1])
+    share = r"epoch images: \d+\.\d\d% of the default run's training "
+    assert re.fullmatch(share + r"\(7 sets of 30 epochs at plot.epoch_images 5\)", lines[2])

@@ -122,7 +122,8 @@ class EpochImages(keras.callbacks.Callback):
         if self.z.shape[1] != 2:
             return None
         mu = keras.ops.convert_to_numpy(self.model.encoder(self.probe, training=False)[0])
-        figure = charts.latent_scatter(mu, self.labels, title=f"Validation latent means, epoch {epoch + 1}")
+        title = f"Validation latent means, epoch {epoch + 1}"
+        figure = charts.latent_scatter(mu, self.labels, title=title, size=(6, 4.5))
         return Image.open(io.BytesIO(charts.figure_png(figure, dpi=72)))
 
 
