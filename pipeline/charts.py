@@ -4,7 +4,7 @@ two-objective sweep) and curves over seeds (the report).
 
 The plane: a VAE's negative ELBO is the sum of its rate (the KL, what the code carries about an
 image) and its distortion (the reconstruction term). Two models with the same sum can trade one
-for the other; lines of equal sum run across the plane at 45 degrees.
+for the other; lines of equal sum run across the plane with a slope of -1.
 """
 
 from __future__ import annotations

@@ -52,6 +52,9 @@ class RunView:
     def plane_point(self) -> tuple[float, float] | None:
         """The validation rate (KL) and distortion (reconstruction) of the model kept: the last
         epoch's, or the best epoch's under early stopping; None if either is missing or not finite."""
+        if selection.TRIAL_RATE in self.metrics:  # a two-objective sweep's trial: its kept epoch's
+            point = (self.metrics[selection.TRIAL_RATE], self.metrics[selection.TRIAL_DISTORTION])
+            return point if all(math.isfinite(v) for v in point) else None
         rates, distortions = self.curves.get("kl/val"), self.curves.get("reconstruction/val")
         if not rates or not distortions:
             return None
@@ -164,7 +167,8 @@ def plane_line(rows: list[dict]) -> str:
         f"{most['group'].name} codes the most (rate {most['rate']} nats, distortion {most['distortion']}); "
         f"{least['group'].name} the least (rate {least['rate']}, distortion {least['distortion']}), "
         f"{most['rate'].mean - least['rate'].mean:.1f} nats less rate for "
-        f"{least['distortion'].mean - most['distortion'].mean:+.1f} nats of distortion (means over seeds)"
+        f"{least['distortion'].mean - most['distortion'].mean:+.1f} nats of distortion "
+        f"(means ± sd over n = {most['rate'].n} and {least['rate'].n} seeds; validation, the models kept)"
     )
 
 

@@ -215,13 +215,19 @@ def describe_best(summary: dict[str, Any], monitor: str) -> str:
 
 
 def front_lines(front: list[dict[str, Any]]) -> list[str]:
-    """The rate-distortion front, a line per member by rate, with its confirming seeds' mean."""
-    lines = [f"rate-distortion front ({len(front)} trials; validation, nats):"] if front else []
+    """The rate-distortion front, a line per member by rate: its selecting seed's figures, then
+    its confirming seeds' means where it has them."""
+    if not front:
+        return []
+    lines = [
+        f"rate-distortion front: {len(front)} trials, on validation (nats), each at the seed that selected it"
+    ]
     for row in front:
-        confirmed = row["confirmed_val_loss"]
-        again = (
-            f"; {confirmed:.2f} over {row['confirming_seeds']} other seeds" if confirmed is not None else ""
-        )
+        again = ""
+        if row["confirmed_val_loss"] is not None:
+            again = f"; over {row['confirming_seeds']} other seeds val_loss {row['confirmed_val_loss']:.2f}"
+            if row["confirmed_rate"] is not None:
+                again += f" (rate {row['confirmed_rate']:.2f}, distortion {row['confirmed_distortion']:.2f})"
         lines.append(
             f"  trial {row['trial']}: rate {row['rate']:.2f}, distortion {row['distortion']:.2f}, "
             f"val_loss {row['val_loss']:.2f}{again}"
@@ -287,7 +293,10 @@ def main(argv: list[str] | None = None) -> None:
         run_workers(raw, study, n_trials=tune.n_trials, parent_run_id=parent_run_id, **options)
         if tune.confirm_top and tune.confirm_seeds and studies.finished_count(study) >= tune.n_trials:
             total = best.enqueue_replicates(study, tune.confirm_top, tune.confirm_seeds, params.train.seed)
-            print(f"tune: the {tune.confirm_top} best trials again, on {tune.confirm_seeds} more seeds each")
+            which = (
+                "members of the front with the lowest val_loss" if tune.objective != "val_loss" else "trials"
+            )
+            print(f"tune: the {tune.confirm_top} best {which} again, on {tune.confirm_seeds} more seeds each")
             confirm = with_overrides(raw, {"tune.n_trials": total})
             run_workers(confirm, study, n_trials=total, parent_run_id=parent_run_id, **options)
         status = "FINISHED"

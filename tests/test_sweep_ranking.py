@@ -16,6 +16,8 @@ from pipeline.search.best import (
     configurations,
     duplicate_of,
     enqueue_replicates,
+    front,
+    front_rows,
 )
 
 SPACE = {"model.latent_dim": IntDistribution(2, 64)}
@@ -72,3 +74,35 @@ def test_a_confirming_trial_queued_twice_runs_once():
     first, second = (study.ask(SPACE) for _ in range(2))
     assert duplicate_of(study, first) is None
     assert duplicate_of(study, second) == first.number
+
+
+def test_two_objectives_confirm_and_choose_among_the_fronts_members_on_their_other_seeds():
+    study = optuna.create_study(directions=["minimize", "minimize"])
+
+    def add_two(latent_dim: int, values: list[float] | None, state=TrialState.COMPLETE, **attrs) -> None:
+        user_attrs = {REPLICATE_OF: attrs["of"], SEED: attrs["seed"]} if "of" in attrs else {}
+        study.add_trial(create_trial(params={"model.latent_dim": latent_dim}, distributions=SPACE,
+                                     values=values, state=state, user_attrs=user_attrs))  # fmt: skip
+
+    add_two(4, [5.0, 240.0])  # 0: the lowest sum, 245
+    add_two(6, [6.0, 240.0])  # 1: sum 246, second lowest, but beaten by 0 on both: not on the front
+    add_two(32, [20.0, 228.0])  # 2: sum 248, on the front
+    add_two(64, [30.0, 229.0])  # 3: beaten by 2
+    add_two(2, [3.0, 260.0])  # 4: sum 263, on the front
+    assert front(study) == [4, 0, 2]  # by rate
+    enqueue_replicates(study, top=2, seeds=1, first_seed=42)
+    queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert sorted(t.user_attrs[REPLICATE_OF] for t in queued) == [0, 2]  # the front's two lowest sums
+    # The other seeds reverse the selecting seed's order: 0 was lucky.
+    add_two(4, [5.5, 249.5], of=0, seed=43)
+    add_two(32, [19.0, 228.0], of=2, seed=43)
+    add_two(64, [1.0, 200.0], of=3, seed=43)  # a stray trial off the front (queued by hand): no candidate
+    best = best_configuration(study)
+    assert best["best_trial"] == 2 and best["best_value"] == 247.0 and best["best_selected_by"] == 248.0
+    rows = {row["trial"]: row for row in front_rows(study)}
+    assert list(rows) == [4, 0, 2] and rows[4]["confirmed_val_loss"] is None
+    assert (rows[2]["confirmed_rate"], rows[2]["confirmed_distortion"], rows[2]["confirmed_val_loss"]) == (
+        19.0,
+        228.0,
+        247.0,
+    )

@@ -360,7 +360,16 @@ def test_sweep_confirms_its_best_trials_on_more_seeds(repo, tmp_path):
 def test_a_two_objective_sweep_returns_its_rate_distortion_front(repo, tmp_path):
     """Slow: four trials on rate and distortion, then the front's two lowest sums on one more seed."""
     two = ["-S", "tune.objective=rate_distortion", "-S", "tune.confirm_top=2", "-S", "tune.confirm_seeds=1"]
+    # Two trials far apart on the plane first (a narrow code, a wide one), so the front has two members.
+    storage = JournalStorage(JournalFileBackend(str(repo / "optuna/journal.log")))
+    study = optuna.create_study(study_name="rd", storage=storage, directions=["minimize", "minimize"])
+    for latent_dim in (2, 32):
+        study.enqueue_trial({"model.latent_dim": latent_dim, "train.free_bits": 0})
     result = tune(repo, "--n-trials", "4", "--study-name", "rd", *two)
+    assert (
+        "tune: the 2 members of the front with the lowest val_loss again, on 1 more seeds each"
+        in result.stdout
+    )
     assert "tune: two objectives, so no pruning" in result.stdout
     study = journal_study(repo, "rd")
     assert len(study.directions) == 2 and study.metric_names == [
@@ -398,7 +407,7 @@ def test_a_two_objective_sweep_returns_its_rate_distortion_front(repo, tmp_path)
     assert summary["best_trial"] == chosen.number and summary["best_value"] == pytest.approx(again(chosen))
     assert [row["trial"] for row in summary["front"]] == [t.number for t in front]
     assert "the lowest of 2 confirmed members of the rate-distortion front" in result.stdout
-    assert f"rate-distortion front ({len(front)} trials; validation, nats):" in result.stdout
+    assert f"rate-distortion front: {len(front)} trials, on validation (nats)," in result.stdout
 
     # The parent run holds the front as a figure and a table.
     client = store(repo)
@@ -427,6 +436,12 @@ def test_optuna_dashboard_reads_the_journal(repo, pages, artifacts):
         params = {"model.latent_dim": latent_dim}
         trial = optuna.trial.create_trial(params=params, distributions=space, value=value)
         journal_study(repo, "dash").add_trial(trial)
+    storage = JournalStorage(JournalFileBackend(str(repo / "optuna/journal.log")))
+    two = optuna.create_study(study_name="dash-rd", storage=storage, directions=["minimize", "minimize"])
+    two.set_metric_names(["rate: validation KL", "distortion: validation reconstruction"])
+    for latent_dim, values in ((2, [5.0, 260.0]), (8, [12.0, 240.0]), (4, [13.0, 250.0])):
+        two.add_trial(optuna.trial.create_trial(params={"model.latent_dim": latent_dim}, distributions=space,
+                                                values=values))  # fmt: skip
     port = free_port()
     command = [
         "optuna-dashboard",
@@ -448,6 +463,13 @@ def test_optuna_dashboard_reads_the_journal(repo, pages, artifacts):
         page.get_by_text("Best Trial (number=1)").wait_for(timeout=60_000)
         assert page.get_by_text("model.latent_dim: 8").count() == 1  # the best trial's params
         page.screenshot(path=artifacts / "optuna_dashboard.png")
+
+        # A two-objective study, as `tune -S tune.objective=rate_distortion` leaves it: its front.
+        page.goto(f"http://127.0.0.1:{port}/dashboard/")
+        page.get_by_text(re.compile(r"^\d+\. dash-rd$")).click(timeout=60_000)
+        page.get_by_text("Pareto Front", exact=True).first.wait_for(timeout=60_000)
+        assert page.get_by_text("rate: validation KL").count() >= 1
+        page.screenshot(path=artifacts / "optuna_dashboard_front.png")
         assert errors == []
 
 

@@ -208,13 +208,19 @@ def summarise(study: optuna.Study) -> dict[str, Any]:
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """The front's members, by rate: the searched trial's rate, distortion and negative ELBO, its
-    confirming seeds' mean negative ELBO where it has them, and its params."""
+    """The front's members, by rate: the rate, distortion and negative ELBO of the searched trial
+    (its one seed, which selected it), then, where it was confirmed, its confirming seeds' mean
+    negative ELBO (infinite if one diverged) and their mean rate and distortion; and its params."""
     trials, groups = study.get_trials(deepcopy=False), configurations(study)
     rows = []
     for number in front(study):
         rate, distortion = trials[number].values
         confirming = groups[number][1:]
+        again = [
+            t.values
+            for t in trials
+            if t.user_attrs.get(REPLICATE_OF) == number and t.state == TrialState.COMPLETE
+        ]
         rows.append(
             {
                 "trial": number,
@@ -222,6 +228,8 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "distortion": distortion,
                 "val_loss": rate + distortion,
                 "confirmed_val_loss": selection.score(confirming) if confirming else None,
+                "confirmed_rate": statistics.fmean(v[0] for v in again) if again else None,
+                "confirmed_distortion": statistics.fmean(v[1] for v in again) if again else None,
                 "confirming_seeds": len(confirming),
                 "params": trials[number].params,
             }

@@ -64,7 +64,8 @@ class EpochImages(keras.callbacks.Callback):
     - `prior_samples`: fixed draws from the prior N(0, I), decoded;
     - `latent_scatter`, for a 2-D latent: the means of validation images, by class.
 
-    Logged at the first epoch, every `every`-th, and the last of `epochs`; a picture an interrupted
+    Logged at the first epoch, every `every`-th, and the last (of `epochs`, or the one early
+    stopping ended at); a picture an interrupted
     attempt logged (`logged_images`: key and step) is not logged again. Images are logged
     synchronously, before the checkpoint, as the metrics are.
     """
@@ -97,8 +98,17 @@ class EpochImages(keras.callbacks.Callback):
         return epoch == 0 or (epoch + 1) % self.every == 0 or epoch == self.epochs - 1
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if not self.due(epoch):
-            return
+        self.last = epoch
+        if self.due(epoch):
+            self.log(epoch)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Early stopping ends a run before its last planned epoch: its last epoch's pictures
+        (of the model kept, whose weights are back by now) are logged all the same."""
+        if getattr(self, "last", None) is not None and not self.due(self.last):
+            self.log(self.last)
+
+    def log(self, epoch: int) -> None:
         for key, draw in (
             ("reconstructions", self.reconstructions),
             ("prior_samples", self.prior_samples),
@@ -122,7 +132,7 @@ class EpochImages(keras.callbacks.Callback):
         if self.z.shape[1] != 2:
             return None
         mu = keras.ops.convert_to_numpy(self.model.encoder(self.probe, training=False)[0])
-        title = f"Validation latent means, epoch {epoch + 1}"
+        title = f"Validation latent means after epoch {epoch + 1} (step {epoch})"
         figure = charts.latent_scatter(mu, self.labels, title=title, size=(6, 4.5))
         return Image.open(io.BytesIO(charts.figure_png(figure, dpi=72)))
 

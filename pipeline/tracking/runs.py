@@ -82,6 +82,7 @@ SHORT = {
     "data.train_size": "{} train images",
     "data.val_size": "{} val images",
     "data.test_size": "{} test images",
+    "base.seed": "split seed {}",
 }
 NAME_ORDER = ("model.", "train.", "data.", "evaluate.", "base.")
 
