@@ -8,9 +8,10 @@ as `train` logs them (the same callback, synchronously), and times each epoch's 
 each epoch's pictures. The default run logs them at the epochs `EpochImages.due` names (7 of
 30 at the defaults), so their share of the default run's training is
 
-    (pictures per run x seconds per set) / (epochs x seconds per epoch),
+    (first set + (sets - 1) x later set) / (first epoch + (epochs - 1) x later epoch),
 
-with the median of each over the epochs after the first (whose tracing is left out of both).
+the first of each as measured (it carries the one-off costs: tracing, matplotlib's start), the
+later ones the median over the other epochs timed.
 """
 
 from __future__ import annotations
@@ -70,16 +71,23 @@ def main(argv: list[str] | None = None) -> None:
             fit_vae(train.images, val.images, model=defaults.model, train=Train(epochs=args.epochs),
                     seed=1, callbacks=[timed],
                     active_threshold=defaults.evaluate.active_threshold, verbose=0)  # fmt: skip
-    later = timed.times[1:] or timed.times
+    (first_epoch, first_set), *later = timed.times
+    later = later or timed.times
     epoch = statistics.median(t for t, _ in later)
     pictures = statistics.median(p for _, p in later)
     epochs = defaults.train.epochs
     schedule = EpochImages(val.images, val.labels, every=plot.epoch_images, epochs=epochs, originals=1,
                            prior_grid=1, seed=0)  # fmt: skip
     sets = sum(schedule.due(e) for e in range(epochs))
-    share = sets * pictures / (epochs * epoch)
-    print(f"training: {epoch:.2f} s per epoch on {len(train.images):,} images (median of {len(later)})")
-    print(f"pictures: {pictures:.3f} s per set (latent dim {defaults.model.latent_dim}, with the scatter)")
+    share = (first_set + (sets - 1) * pictures) / (first_epoch + (epochs - 1) * epoch)
+    print(
+        f"training: {epoch:.2f} s per epoch on {len(train.images):,} images (median of {len(later)}, "
+        f"{min(t for t, _ in later):.2f}..{max(t for t, _ in later):.2f}; the first {first_epoch:.2f})"
+    )
+    print(
+        f"pictures: {pictures:.3f} s per set (latent dim {defaults.model.latent_dim}, with the scatter; "
+        f"{min(p for _, p in later):.3f}..{max(p for _, p in later):.3f}; the first {first_set:.3f})"
+    )
     print(
         f"epoch images: {share:.2%} of the default run's training ({sets} sets of {epochs} epochs at "
         f"plot.epoch_images {plot.epoch_images})"
