@@ -293,10 +293,12 @@ def main(argv: list[str] | None = None) -> None:
         run_workers(raw, study, n_trials=tune.n_trials, parent_run_id=parent_run_id, **options)
         if tune.confirm_top and tune.confirm_seeds and studies.finished_count(study) >= tune.n_trials:
             total = best.enqueue_replicates(study, tune.confirm_top, tune.confirm_seeds, params.train.seed)
-            which = (
-                "members of the front with the lowest val_loss" if tune.objective != "val_loss" else "trials"
-            )
-            print(f"tune: the {tune.confirm_top} best {which} again, on {tune.confirm_seeds} more seeds each")
+            if tune.objective == "rate_distortion":
+                front = min(tune.confirm_top, len(best.front(study)))
+                which = f"{front} members of the front with the lowest val_loss"
+            else:
+                which = f"{tune.confirm_top} best trials"
+            print(f"tune: the {which} again, on {tune.confirm_seeds} more seeds each")
             confirm = with_overrides(raw, {"tune.n_trials": total})
             run_workers(confirm, study, n_trials=total, parent_run_id=parent_run_id, **options)
         status = "FINISHED"

@@ -54,6 +54,10 @@ def _drawn(plots: dict[str, Any]) -> dict[str, Any]:
     figures = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Importances of a target (two objectives' sum) come with a reminder that low is better.
+        warnings.filterwarnings(
+            "ignore", message="PedAnovaImportanceEvaluator computes", category=UserWarning
+        )
         for name, draw in plots.items():
             try:
                 axes = draw()
