@@ -414,11 +414,19 @@ def test_a_two_objective_sweep_returns_its_rate_distortion_front(repo, tmp_path)
     parent = study.user_attrs["mlflow_parent_run_id"]
     figures = {a.path for a in client.list_artifacts(parent, "figures")}
     assert "figures/rate_distortion_front.png" in figures
-    table = json.loads(client.download_artifacts(parent, "pareto_front.json", str(tmp_path)) and
-                       (tmp_path / "pareto_front.json").read_text())  # fmt: skip
+    table = json.loads(
+        Path(client.download_artifacts(parent, "pareto_front.json", str(tmp_path))).read_text()
+    )
     rows = dict(zip(table["columns"], zip(*table["data"], strict=True), strict=True))
     assert list(rows["trial"]) == [t.number for t in front]
     assert list(rows["rate"]) == pytest.approx([t.values[0] for t in front])
+    # Run again, nothing more to do: the table is written anew, not appended to.
+    tune(repo, "--n-trials", "4", "--study-name", "rd", *two)
+    (tmp_path / "again").mkdir()
+    again = json.loads(
+        Path(client.download_artifacts(parent, "pareto_front.json", str(tmp_path / "again"))).read_text()
+    )
+    assert again == table
 
     # compare --study shows every member of the front, each confirmed one with its other seed.
     report = tmp_path / "front.html"

@@ -67,7 +67,7 @@ def end_study_run(
     status: str,
     tables: dict[str, dict[str, list]] | None = None,
 ) -> None:
-    """Record the study's outcome, its figures and `tables` (file -> columns) on its parent run."""
+    """Record the study's outcome, its figures and `tables` (JSON file -> columns) on its parent run."""
     client = mlflow.MlflowClient()
     numbers = {
         k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
@@ -77,7 +77,10 @@ def end_study_run(
     for name, figure in figures.items():
         client.log_figure(run_id, figure, f"figures/{name}")
     for name, columns in (tables or {}).items():
-        client.log_table(run_id, data=columns, artifact_file=name)
+        # As MLflow's `log_table` writes a table (columns, then rows), but replaced when a resumed
+        # study ends again, where `log_table` would append its rows a second time.
+        rows = [list(row) for row in zip(*columns.values(), strict=True)]
+        client.log_dict(run_id, {"columns": list(columns), "data": rows}, name)
     client.set_terminated(run_id, status=status)
 
 
