@@ -130,9 +130,6 @@ def test_mlflow_ui_compares_two_runs(repo, mlflow_ui, pages, artifacts):
     assert errors == []
 
 
-PICTURES = """[...document.querySelectorAll("img[src*='reconstructions']")]"""  # a card's pictures
-
-
 def test_run_page_steps_through_the_pictures_logged_by_epoch(repo, mlflow_ui, pages, artifacts):
     """A person opens a run's charts and moves an image card's step slider: the picture changes."""
     tracked = trained_runs(repo)["2"]
@@ -142,18 +139,19 @@ def test_run_page_steps_through_the_pictures_logged_by_epoch(repo, mlflow_ui, pa
         f"{mlflow_ui}/#/experiments/{tracked.info.experiment_id}/runs/{tracked.info.run_id}/model-metrics"
         "?workflowType=machine_learning"
     )
-    page.get_by_placeholder("Search metric charts").fill("reconstructions")
-    picture = page.locator("img[src*='reconstructions']").first
-    picture.wait_for(timeout=60_000)
+    page.get_by_placeholder("Search metric charts").fill("reconstructions")  # the image cards' section
+    title = page.get_by_text("reconstructions", exact=True)
+    title.wait_for(timeout=60_000)
+    card = page.locator("div").filter(has=title).filter(has=page.get_by_role("slider")).last  # the innermost
+    picture, slider = card.locator("img"), card.get_by_role("slider")
     assert "step%2B0%2B" in picture.get_attribute("src")  # the first epoch's, at first
-    slider = page.get_by_role("slider").first
     assert (slider.get_attribute("aria-valuemin"), slider.get_attribute("aria-valuemax")) == ("0", "1")
     page.screenshot(path=artifacts / "mlflow_epoch_images_step0.png")
     slider.focus()
     page.keyboard.press("ArrowRight")
-    page.wait_for_function(f"() => {PICTURES}.some(i => i.src.includes('step%2B1%2B'))", timeout=30_000)
+    card.locator("img[src*='step%2B1%2B']").wait_for(timeout=30_000)  # the next epoch's picture
     assert slider.get_attribute("aria-valuenow") == "1"
-    page.wait_for_function(f"() => {PICTURES}.every(i => i.complete && i.naturalWidth > 0)")  # it loaded
+    assert picture.evaluate("image => image.decode().then(() => image.naturalWidth)") > 0  # it loads
     page.screenshot(path=artifacts / "mlflow_epoch_images_step1.png")
     assert errors == []
 
@@ -172,7 +170,7 @@ def test_compare_report_opens_offline_with_every_image(repo, pages, artifacts):
     )
     page.goto(report.as_uri())
     images = page.evaluate("Array.from(document.images, i => [i.alt, i.complete && i.naturalWidth > 0])")
-    assert len(images) == 1 + 5 * 2  # the overlaid curves, then five figures per run
+    assert len(images) == 2 + 6 * 2  # the overlaid curves, the plane, then six figures per run
     assert [alt for alt, loaded in images if not loaded] == []
     differ = page.locator("#params tr.differs td:first-child").all_inner_texts()
     assert differ == ["model.latent_dim"]
@@ -247,7 +245,12 @@ def test_dvc_views_show_curves_figures_and_key_columns(repo, tmp_path):
     diff = run(["dvc", "plots", "diff", "HEAD", "wide", "--json", "-o", str(tmp_path / "diff")], repo)
     plots = json.loads(diff.stdout)["data"]
     figures = [f"plots/figures/{name}" for name in FIGURES]
-    curves = ["Loss per epoch", "Reconstruction and KL per epoch", "Test reconstruction loss by class"]
+    curves = [
+        "Loss per epoch",
+        "Reconstruction and KL per epoch",
+        "Rate and distortion at each epoch (validation)",
+        "Test reconstruction loss by class",
+    ]
     assert sorted(plots) == sorted(curves + figures)  # each drawn once, none as a raw-file chart
     for name in curves:
         assert plots[name][0]["revisions"] == ["HEAD", "wide"]

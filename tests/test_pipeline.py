@@ -118,7 +118,7 @@ def test_mlflow_run_holds_all_four_stages(repo):
 
 def test_stage_console_shows_the_pipeline_not_tensorflow(repo):
     result = run(["python", "-m", "pipeline.plot"], repo, env={"TF_CPP_MIN_LOG_LEVEL": "0"})
-    assert result.stdout.strip() == "plot: 6 figures in plots/figures"
+    assert result.stdout.strip() == "plot: 7 figures in plots/figures"
     noise = ("absl::InitializeLog", "oneDNN", "cudart_stub", "cuInit", "RuntimeWarning", "overflow")
     assert [line for line in result.stderr.splitlines() if any(n in line for n in noise)] == []
 

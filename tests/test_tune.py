@@ -361,6 +361,7 @@ def test_a_two_objective_sweep_returns_its_rate_distortion_front(repo, tmp_path)
     """Slow: four trials on rate and distortion, then the front's two lowest sums on one more seed."""
     two = ["-S", "tune.objective=rate_distortion", "-S", "tune.confirm_top=2", "-S", "tune.confirm_seeds=1"]
     # Two trials far apart on the plane first (a narrow code, a wide one), so the front has two members.
+    (repo / "optuna").mkdir(exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(repo / "optuna/journal.log")))
     study = optuna.create_study(study_name="rd", storage=storage, directions=["minimize", "minimize"])
     for latent_dim in (2, 32):
