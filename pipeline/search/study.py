@@ -97,8 +97,6 @@ def join_study(params: Params) -> tuple[optuna.Study, str]:
         study = optuna.create_study(
             study_name=name, storage=storage, directions=["minimize"] * len(objectives(tune))
         )
-        if len(study.directions) > 1:
-            study.set_metric_names(list(objectives(tune)))  # optuna-dashboard's axes
         parent_run_id = None
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -108,6 +106,8 @@ def join_study(params: Params) -> tuple[optuna.Study, str]:
         parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)  # None: its creator died first
     if SETTINGS_ATTR not in study.user_attrs:
         study.set_user_attr(SETTINGS_ATTR, settings)
+    if len(study.directions) > 1 and study.metric_names is None:  # also one made to queue trials in
+        study.set_metric_names(list(objectives(tune)))  # optuna-dashboard's axes
     run_id = sweep_runs.study_run(params, study_name=name, storage=storage_url(tune), run_id=parent_run_id)
     if parent_run_id is None:
         study.set_user_attr(PARENT_RUN_ATTR, run_id)
