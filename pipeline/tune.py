@@ -236,10 +236,13 @@ def front_lines(front: list[dict[str, Any]]) -> list[str]:
 
 
 def front_table(front: list[dict[str, Any]]) -> dict[str, list]:
-    """The front as MLflow's table of columns (the params as `dvc exp run` -S arguments)."""
-    columns = {key: [row[key] for row in front] for key in front[0] if key != "params"}
-    columns["params"] = [" ".join(f"-S {k}={v}" for k, v in row["params"].items()) for row in front]
-    return columns
+    """The front as MLflow's `log_table` writes a table, columns then rows (the params as
+    `dvc exp run` -S arguments)."""
+    columns = [key for key in front[0] if key != "params"]
+    rows = [[row[key] for key in columns] for row in front]
+    for row, member in zip(rows, front, strict=True):
+        row.append(" ".join(f"-S {k}={v}" for k, v in member["params"].items()))
+    return {"columns": [*columns, "params"], "data": rows}
 
 
 def write_best(summary: dict[str, Any], study_name: str, monitor: str) -> None:

@@ -13,8 +13,8 @@ from PIL import Image
 
 from pipeline import charts
 from pipeline.data import to_model_input
+from pipeline.training import LATENT_PROBE  # the scatter shows the images whose latent use is measured
 
-LATENT_PROBE = 1000  # validation images whose latent means the scatter shows
 ZOOM = 3  # each pixel of an image sheet as ZOOM x ZOOM: MLflow shows images at their own size
 
 

@@ -65,9 +65,9 @@ def end_study_run(
     summary: dict[str, Any],
     figures: dict[str, Any],
     status: str,
-    tables: dict[str, dict[str, list]] | None = None,
+    tables: dict[str, dict[str, list]] | None = None,  # JSON file -> {"columns": [...], "data": [rows]}
 ) -> None:
-    """Record the study's outcome, its figures and `tables` (JSON file -> columns) on its parent run."""
+    """Record the study's outcome, its figures and `tables` on its parent run."""
     client = mlflow.MlflowClient()
     numbers = {
         k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
@@ -76,11 +76,10 @@ def end_study_run(
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in numbers.items()])
     for name, figure in figures.items():
         client.log_figure(run_id, figure, f"figures/{name}")
-    for name, columns in (tables or {}).items():
-        # As MLflow's `log_table` writes a table (columns, then rows), but replaced when a resumed
-        # study ends again, where `log_table` would append its rows a second time.
-        rows = [list(row) for row in zip(*columns.values(), strict=True)]
-        client.log_dict(run_id, {"columns": list(columns), "data": rows}, name)
+    for name, table in (tables or {}).items():
+        # Written whole, so replaced when a resumed study ends again, where MLflow's `log_table`
+        # would append its rows a second time.
+        client.log_dict(run_id, table, name)
     client.set_terminated(run_id, status=status)
 
 
