@@ -1,21 +1,28 @@
-"""The route from a sweep to a model, end to end: the sweep, its best re-trained at the full
-budget, then the same settings on seeds the sweep did not use.
+"""The route from a sweep to a model, end to end and timed by part: the sweep, its confirming,
+the re-train of its best; then that best on seeds that chose nothing.
 
-    python bench/route.py          # the default sweep, then 30 epochs on all 55,000 images, seeds 42, 1..5
-    python bench/route.py --tune n_trials=2 --tune confirm_top=0 \
-        --tune 'overrides={train.epochs: 1, data.train_size: 500}' \
-        --epochs 1 --train-size 500 --test-size 500 --seeds 1     # a quick look
+    python bench/route.py     # the route params.yaml holds, sampler seeds 1 and 2, fresh seeds 901..903
+    python bench/route.py --route today \\
+        --route 'short:tune.overrides={train.epochs: 3};tune.confirm_seeds=1'   # two routes, balanced
+    python bench/route.py --tune n_trials=2 --tune confirm_top=0 --sampler-seeds 1 \\
+        --tune 'overrides={train.epochs: 1, data.train_size: 500}' \\
+        --epochs 1 --train-size 500 --test-size 500 --seeds 1 2     # a quick look
 
-In a clone of this repository's last commit (`replicates.make_clone`), with `--tune key=value`
-set under `tune:` in its params.yaml:
-1. `dvc repro sweep/dvc.yaml` runs the sweep; its best goes to `sweep/best_params.yaml`;
-2. `dvc exp run --queue -S key=value ...` with those params and `train.threads=1`, at seed 42
-   (the sweep's own trial seed: the route's re-train) and at each of `--seeds` (by default
-   1 to 5; the sweep's trials use 42 and its confirming seeds 43 and 44), run by
-   `dvc queue start -j C` (C usable cores) through the real stages.
-It prints each re-train's `val_loss`, `test_loss` and active units (test set), then the mean ±
-sd of `test_loss` over the seeds the sweep did not use, with a 95% t interval, against
-`--target`. `--keep DIR` copies the clone's `sweep/` results there (best params, summary, lock).
+A route is a name and the settings it changes in params.yaml (`name:key=value;key=value`, keys
+as in params.yaml; `;` between them, since a YAML value may hold commas). Each route runs once
+per `--sampler-seeds` value (`tune.sampler_seed`: the sweep's draw), in an order that balances
+which goes first: the routes as given for the first sampler seed, reversed for the second, and
+so on (A B B A for two). Each route run, in a clone of this repository's last commit with its
+settings (and `--tune`, `--epochs`, `--train-size`, `--test-size`) in params.yaml:
+1. `dvc repro sweep/dvc.yaml`: the sweep, its confirming trials timed apart
+   (`confirm_seconds` in `sweep/summary.json`);
+2. `dvc exp run $(python -m pipeline.tune --print-best)`: the re-train, the whole pipeline
+   (train, evaluate, plot) as the README's route runs it.
+Nothing else runs while these are timed. Then, untimed, every route run's best on each of
+`--seeds` (seeds no sweep or choice used), with the route's own settings, through one DVC queue
+`-j C` (C usable cores) with one thread each. It prints each part's wall time, the fresh seeds'
+`val_loss` and `test_loss` (n, mean ± sd), and against the first route: the wall time's ratio
+and the `test_loss` difference paired by sampler seed and fresh seed (paired t-test, n).
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,100 +39,203 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pipeline
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, beside this script
-from collapse import queue, results, run_queue, spread
-from replicates import dvc, make_clone
+from collapse import results, run_queue, spread
+from replicates import clone_env, dvc, make_clone
 
 from pipeline.params import PipelineError, parse_override, read_yaml
 
-ROUTE_SEED = 42  # train.seed: the sweep's trials and the route's re-train
+ROUTE_SEED = 42  # train.seed: the sweep's trials (their confirming seeds follow it) and the re-train
+PARTS = ("sweep", "confirm", "retrain")
+
+
+def setting(text: str) -> tuple[str, object]:
+    """`key=value`, the value read as `dvc exp run -S` reads it."""
+    try:
+        return parse_override(text)
+    except PipelineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def tune_setting(text: str) -> tuple[str, object]:
-    """`key=value` under `tune:`, the value read as `dvc exp run -S` reads it."""
-    try:
-        key, value = parse_override(text)
-    except PipelineError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    """`key=value` under `tune:`."""
+    key, value = setting(text)
     return f"tune.{key}", value
 
 
-def interval(values: list[float]) -> str:
-    """The 95% t interval of the mean, or why there is none."""
-    if len(values) < 2:
-        return "no interval: n = 1"
+def route_arg(text: str) -> tuple[str, dict[str, object]]:
+    """`name` or `name:key=value;key=value`."""
+    name, _, rest = text.partition(":")
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise argparse.ArgumentTypeError(f"a route's name is letters, digits, - and _: got {name!r}")
+    return name, dict(setting(part) for part in rest.split(";") if part.strip())
+
+
+def balanced_order(routes: list[str], sampler_seeds: list[int]) -> list[tuple[str, int]]:
+    """Every (route, sampler seed), the routes in the given order for the first seed, reversed
+    for the second, and so on: each route goes first as often as the others, for two routes."""
+    order = []
+    for i, seed in enumerate(sampler_seeds):
+        order += [(route, seed) for route in (routes if i % 2 == 0 else routes[::-1])]
+    return order
+
+
+def paired(first: list[float], second: list[float]) -> str:
+    """`second - first` paired: mean ± sd, the 95% t interval and the paired t-test, with n."""
     from scipy import stats
 
-    low, high = stats.t.interval(0.95, len(values) - 1, statistics.fmean(values), stats.sem(values))
-    return f"95% t interval {low:.2f}..{high:.2f}"
+    differences = [b - a for a, b in zip(first, second, strict=True)]
+    n = len(differences)
+    if n < 2:
+        return f"{differences[0]:+.2f} (n = 1: no test)" if differences else "no pairs"
+    mean = statistics.fmean(differences)
+    low, high = stats.t.interval(0.95, n - 1, mean, stats.sem(differences))
+    p = stats.ttest_rel(second, first).pvalue
+    sd = statistics.stdev(differences)
+    return (
+        f"{mean:+.2f} ± {sd:.2f}, 95% t interval {low:+.2f}..{high:+.2f}, paired t-test p = {p:.2g}, n = {n}"
+    )
+
+
+def run_route(clone: Path, settings: dict[str, object]) -> dict:
+    """One route in a fresh clone: the sweep, then the re-train of its best; times and figures."""
+    make_clone(clone, settings)
+    start = time.perf_counter()
+    dvc(["repro", "sweep/dvc.yaml"], clone)
+    sweep_wall = time.perf_counter() - start
+    summary = json.loads((clone / "sweep/summary.json").read_text())
+    best_args = subprocess.run(
+        [sys.executable, "-m", "pipeline.tune", "--print-best"],
+        cwd=clone, env=clone_env(), capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    start = time.perf_counter()
+    dvc(["exp", "run", "-n", "route-best", *best_args], clone)
+    retrain_wall = time.perf_counter() - start
+    confirm = summary.get("confirm_seconds") or 0.0
+    return {
+        "seconds": {"sweep": sweep_wall - confirm, "confirm": confirm, "retrain": retrain_wall},
+        "summary": summary,
+        "best": read_yaml(clone / "sweep/best_params.yaml"),
+        "retrain": results(clone).get("route-best"),
+    }
+
+
+def queue_fresh(clone: Path, name: str, settings: dict[str, object], seeds: list[int]) -> None:
+    """The route run's best on each fresh seed, one thread each, queued in `clone`."""
+    for seed in seeds:
+        keys = {**settings, "train.seed": seed, "train.threads": 1}
+        args = [arg for key, value in keys.items() for arg in ("-S", f"{key}={value}")]
+        dvc(["exp", "run", "--queue", "-n", f"{name}-s{seed}", *args], clone)
+
+
+def label(route: str, sampler_seed: int) -> str:
+    return f"{route}-{sampler_seed}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5],
-                        help="train.seed values the sweep did not use")  # fmt: skip
+    parser.add_argument("--route", type=route_arg, action="append", default=[],
+                        help="name[:key=value;key=value]; repeatable (default: params.yaml's)")  # fmt: skip
+    parser.add_argument("--sampler-seeds", type=int, nargs="+", default=[1, 2],
+                        help="tune.sampler_seed values: each route runs once with each")  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[901, 902, 903],
+                        help="train.seed values that chose nothing, for each route run's best")  # fmt: skip
     parser.add_argument("--tune", type=tune_setting, action="append", default=[],
-                        help="key=value under tune: for the sweep; repeatable")  # fmt: skip
+                        help="key=value under tune: for every route; repeatable")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None, help="re-trains' epochs (default: train.epochs)")
-    parser.add_argument("--train-size", type=int, default=None, help="re-trains' images (default: all)")
+    parser.add_argument("--train-size", type=int, default=None, help="training images (default: all)")
     parser.add_argument("--test-size", type=int, default=None, help="test images (default: all 10,000)")
-    parser.add_argument("--target", type=float, default=240.0, help="the mean test_loss aimed at")
-    parser.add_argument("--workdir", type=Path, help="keep the clone here (default: a temporary folder)")
-    parser.add_argument("--keep", type=Path, help="copy the sweep's results (sweep/*) here")
+    parser.add_argument("--workdir", type=Path, help="keep the clones here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     options = parser.parse_args()
-    if ROUTE_SEED in options.seeds:
-        parser.error(f"--seeds: {ROUTE_SEED} is the sweep's own seed")
+    routes = dict(options.route) or {"default": {}}
+    if len(routes) < len(options.route):
+        parser.error("--route: two routes have one name")
+    if {ROUTE_SEED, ROUTE_SEED + 1, ROUTE_SEED + 2} & set(options.seeds):
+        parser.error(f"--seeds: {ROUTE_SEED} to {ROUTE_SEED + 2} are the sweep's own seeds")
 
     cores = len(os.sched_getaffinity(0))
+    budget = {"train.epochs": options.epochs, "data.train_size": options.train_size,
+              "data.test_size": options.test_size, **dict(options.tune)}  # fmt: skip
+    runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="route-") as scratch:
-        clone = (options.workdir or Path(scratch)) / "project"
-        budget = {"train.epochs": options.epochs, "data.train_size": options.train_size,
-                  "data.test_size": options.test_size, **dict(options.tune)}  # fmt: skip
-        make_clone(clone, budget)
-        start = time.perf_counter()
-        dvc(["repro", "sweep/dvc.yaml"], clone)
-        sweep_wall = time.perf_counter() - start
-        best = read_yaml(clone / "sweep/best_params.yaml")
-        summary = json.loads((clone / "sweep/summary.json").read_text())
-        if options.keep:
-            options.keep.mkdir(parents=True, exist_ok=True)
-            for name in ("best_params.yaml", "summary.json", "dvc.lock"):
-                shutil.copy(clone / "sweep" / name, options.keep / name)
-        seeds = [ROUTE_SEED, *options.seeds]
-        queue(clone, {"best": best}, seeds)
-        train_wall = run_queue(clone, cores)
-        found = results(clone)
-    rows = {seed: found.get(f"best-s{seed}") for seed in seeds}
-
-    overrides = " ".join(f"-S {key}={value}" for key, value in best.items())
-    print(
-        f"sweep: {summary['trials_complete']} complete, {summary['trials_pruned']} pruned, "
-        f"{summary['trials_failed']} failed in {sweep_wall / 60:.1f} min; "
-        f"best trial #{summary['best_trial']}, selection score val_loss {summary['best_value']:.2f} "
-        f"over {len(summary['best_values'])} seed(s) at the trial budget"
-    )
-    print(f"best: {overrides}")
-    print(f"re-trains: {cores} at a time through DVC's queue, {train_wall / 60:.1f} min")
-    print(f"{'seed':>5} {'val_loss':>9} {'test_loss':>10} {'active':>7}")
-    for seed, row in rows.items():
-        if row:
-            print(f"{seed:>5} {row['val_loss']:9.2f} {row['test_loss']:10.2f} {row['active_units']:7.0f}")
-        else:
-            print(f"{seed:>5} {'failed':>9}")
-    unused = [rows[seed] for seed in options.seeds if rows[seed]]
-    losses = [row["test_loss"] for row in unused]
-    active = [row["active_units"] for row in unused]
-    mean = statistics.fmean(losses) if losses else float("inf")
-    print(
-        f"unused seeds: test_loss {spread(losses)}, {interval(losses)}, active units {spread(active)} "
-        f"(n = {len(losses)} of {len(options.seeds)})"
-    )
-    verdict = "met" if losses and len(losses) == len(options.seeds) and mean <= options.target else "not met"
-    print(f"target: mean test_loss of the unused seeds at most {options.target:.2f}: {verdict}")
+        work = options.workdir or Path(scratch)
+        order = balanced_order(list(routes), options.sampler_seeds)
+        for i, (route, sampler_seed) in enumerate(order, 1):
+            name = label(route, sampler_seed)
+            print(f"route run {i} of {len(order)}: {name}", file=sys.stderr, flush=True)
+            settings = {**budget, **routes[route], "tune.sampler_seed": sampler_seed}
+            runs[name] = {"route": route, "sampler_seed": sampler_seed, **run_route(work / name, settings)}
+        print(
+            f"fresh seeds {options.seeds}: {len(runs) * len(options.seeds)} re-trains",
+            file=sys.stderr,
+            flush=True,
+        )
+        fresh = work / "fresh"
+        make_clone(fresh, budget)
+        for name, run in runs.items():
+            trial_keys = {k: v for k, v in routes[run["route"]].items() if not k.startswith("tune.")}
+            queue_fresh(fresh, name, {**trial_keys, **run["best"]}, options.seeds)
+        fresh_wall = run_queue(fresh, cores)
+        found = results(fresh)
+    for name, run in runs.items():
+        run["fresh"] = {seed: found.get(f"{name}-s{seed}") for seed in options.seeds}
+    report(routes, runs, options.seeds, cores, fresh_wall)
     if options.json:
-        options.json.write_text(json.dumps({"best": best, "summary": summary, "rows": rows,
-                                            "sweep_wall_s": sweep_wall, "train_wall_s": train_wall},
-                                           indent=2) + "\n")  # fmt: skip
+        options.json.write_text(json.dumps({"routes": routes, "runs": runs}, indent=2, default=str) + "\n")
+
+
+def report(routes: dict, runs: dict, seeds: list[int], cores: int, fresh_wall: float) -> None:
+    """Each route run's parts and figures, each route's means, and each route against the first."""
+    print(
+        f"{'route run':<16} {'sweep':>6} {'confirm':>8} {'re-train':>9} {'total':>6}  "
+        "trials c/p/f  val(42) test(42)  best"
+    )
+    for name, run in runs.items():
+        s, summary, retrain = run["seconds"], run["summary"], run["retrain"] or {}
+        counts = "/".join(str(summary[f"trials_{state}"]) for state in ("complete", "pruned", "failed"))
+        print(
+            f"{name:<16} {s['sweep'] / 60:6.1f} {s['confirm'] / 60:8.1f} {s['retrain'] / 60:9.1f} "
+            f"{sum(s.values()) / 60:6.1f}  {counts:>12} {retrain.get('val_loss', float('nan')):8.2f} "
+            f"{retrain.get('test_loss', float('nan')):8.2f}  "
+            + " ".join(f"{key}={value}" for key, value in run["best"].items())
+        )
+    print("minutes; the sweep without its confirming; the re-train is the whole `dvc exp run`")
+    print(
+        f"fresh seeds {seeds}, {cores} at a time with one thread each ({fresh_wall / 60:.1f} min, untimed):"
+    )
+    print(f"{'route run':<16} " + " ".join(f"{'s' + str(seed) + ' val':>10} {'test':>7}" for seed in seeds))
+    for name, run in runs.items():
+        cells = []
+        for seed in seeds:
+            row = run["fresh"][seed]
+            cells.append(f"{row['val_loss']:10.2f} {row['test_loss']:7.2f}" if row else f"{'failed':>18}")
+        print(f"{name:<16} " + " ".join(cells))
+
+    first = next(iter(routes))
+    by_route = {route: [run for run in runs.values() if run["route"] == route] for route in routes}
+    for route, members in by_route.items():
+        totals = [sum(run["seconds"].values()) / 60 for run in members]
+        rows = [run["fresh"][seed] for run in members for seed in seeds]
+        val = [row["val_loss"] for row in rows if row]
+        test = [row["test_loss"] for row in rows if row]
+        print(
+            f"{route}: {len(members)} run(s), total {spread(totals)} min; fresh seeds (n = {len(test)} of "
+            f"{len(rows)}, {len(members)} sweep(s) x {len(seeds)} seeds): "
+            f"val_loss {spread(val)}, test_loss {spread(test)}"
+        )
+    for route, members in by_route.items():
+        if route == first:
+            continue
+        ratio = statistics.fmean(sum(r["seconds"].values()) for r in members) / statistics.fmean(
+            sum(r["seconds"].values()) for r in by_route[first]
+        )
+        pairs = [
+            (a["fresh"][seed]["test_loss"], b["fresh"][seed]["test_loss"])
+            for a in by_route[first] for b in members if a["sampler_seed"] == b["sampler_seed"]
+            for seed in seeds if a["fresh"][seed] and b["fresh"][seed]
+        ]  # fmt: skip
+        difference = paired([a for a, _ in pairs], [b for _, b in pairs]) if pairs else "no pairs"
+        print(f"{route} against {first}: wall time {ratio:.2f}x; test_loss {route} - {first}: {difference}")
 
 
 if __name__ == "__main__":

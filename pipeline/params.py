@@ -195,6 +195,7 @@ class Tune(_Section):
     # KL and the reconstruction term), and the study's answer is their Pareto front.
     objective: Literal["val_loss", "rate_distortion"] = "val_loss"
     sampler: Literal["tpe", "random", "qmc"] = "tpe"
+    sampler_seed: int | None = Field(None, ge=0)  # None: base.seed; worker k draws with this + k
     pruner: Literal["hyperband", "median", "none"] = "hyperband"
     pruner_startup_trials: int = Field(5, ge=0)
     pruner_warmup_epochs: int = Field(1, ge=0)

@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     started = time.monotonic()
+    confirm_seconds = None
     status = "FAILED"
     options = {"workers": workers, "threads": threads, "stop_timeout": tune.stop_timeout}
     try:
@@ -303,13 +304,17 @@ def main(argv: list[str] | None = None) -> None:
                 which = f"{tune.confirm_top} best trials"
             print(f"tune: the {which} again, on {tune.confirm_seeds} more seeds each")
             confirm = with_overrides(raw, {"tune.n_trials": total})
+            confirming = time.monotonic()
             run_workers(confirm, study, n_trials=total, parent_run_id=parent_run_id, **options)
+            confirm_seconds = round(time.monotonic() - confirming, 1)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        summary = {**best.summarise(study), "seconds": round(time.monotonic() - started, 1)}
+        seconds = round(time.monotonic() - started, 1)
+        # This session's wall time, and the confirming's part of it (None: no confirming ran).
+        summary = {**best.summarise(study), "seconds": seconds, "confirm_seconds": confirm_seconds}
         # Stopped or failed, it ends at once: the figures wait for the run that finishes the study.
         figures = best.study_figures(study, tune.space) if status == "FINISHED" else {}
         tables = {FRONT_TABLE: front_table(summary["front"])} if summary.get("front") else {}

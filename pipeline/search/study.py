@@ -36,6 +36,11 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def sampler_seed(params: Params) -> int:
+    """The seed the sampler draws from: `tune.sampler_seed`, or `base.seed` where it is null."""
+    return params.base.seed if params.tune.sampler_seed is None else params.tune.sampler_seed
+
+
 def study_settings(params: Params) -> dict[str, Any]:
     """What decides a study's trials: the space, the trials' own settings (their budget and data
     settings among them, as `configuration.settings` writes them) and training seed, the objective,
@@ -47,7 +52,7 @@ def study_settings(params: Params) -> dict[str, Any]:
         "trials": {k: v for k, v in configuration.settings(params).items() if k not in tune.space},
         "trial_seed": params.train.seed,  # the searched trials', which the confirming seeds follow
         "sampler": tune.sampler,
-        "seed": params.base.seed,
+        "seed": sampler_seed(params),
         "pruner": [tune.pruner, tune.pruner_startup_trials, tune.pruner_warmup_epochs],
         "confirm": [tune.confirm_top, tune.confirm_seeds],
         # Only where it is not the default, so that studies drawn before the key keep their identity.

@@ -19,7 +19,7 @@ from pipeline.params import Data, Dimension, Tune, parse_params, with_overrides
 from pipeline.quiet import start_tensorflow
 from pipeline.search.best import DIVERGED, REPLICATE_OF, SEED, duplicate_of
 from pipeline.search.storage import open_storage
-from pipeline.search.study import FINISHED, PARENT_RUN_ATTR, finished_count
+from pipeline.search.study import FINISHED, PARENT_RUN_ATTR, finished_count, sampler_seed
 from pipeline.stage import catch_sigterm
 from pipeline.tracking import sweep_runs
 
@@ -173,7 +173,7 @@ def _work(raw: dict[str, Any], worker: int, threads: int) -> None:
     study = optuna.load_study(
         study_name=tune.study_name,
         storage=open_storage(tune),
-        sampler=make_sampler(tune, params.base.seed + worker),
+        sampler=make_sampler(tune, sampler_seed(params) + worker),
         pruner=make_pruner(tune, params.train.epochs),
     )
     if finished_count(study) >= tune.n_trials:
