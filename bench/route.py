@@ -85,8 +85,8 @@ def paired(first: list[float], second: list[float]) -> str:
 
     differences = [b - a for a, b in zip(first, second, strict=True)]
     n = len(differences)
-    if n < 2:
-        return f"{differences[0]:+.2f} (n = 1: no test)" if differences else "no pairs"
+    if n < 2 or len(set(differences)) == 1:
+        return f"{differences[0]:+.2f} on each of {n} (no test)" if differences else "no pairs"
     mean = statistics.fmean(differences)
     low, high = stats.t.interval(0.95, n - 1, mean, stats.sem(differences))
     p = stats.ttest_rel(second, first).pvalue
@@ -120,11 +120,12 @@ def run_route(clone: Path, settings: dict[str, object]) -> dict:
 
 
 def queue_fresh(clone: Path, name: str, settings: dict[str, object], seeds: list[int]) -> None:
-    """The route run's best on each fresh seed, one thread each, queued in `clone`."""
+    """The route run's best on each fresh seed, one thread each, queued in `clone`: train and
+    evaluate, not plot, which no figure here reads."""
     for seed in seeds:
         keys = {**settings, "train.seed": seed, "train.threads": 1}
         args = [arg for key, value in keys.items() for arg in ("-S", f"{key}={value}")]
-        dvc(["exp", "run", "--queue", "-n", f"{name}-s{seed}", *args], clone)
+        dvc(["exp", "run", "--queue", "-n", f"{name}-s{seed}", *args, "evaluate"], clone)
 
 
 def label(route: str, sampler_seed: int) -> str:
