@@ -119,13 +119,24 @@ def run_route(clone: Path, settings: dict[str, object]) -> dict:
     }
 
 
-def queue_fresh(clone: Path, name: str, settings: dict[str, object], seeds: list[int]) -> None:
-    """The route run's best on each fresh seed, one thread each, queued in `clone`: train and
-    evaluate, not plot, which no figure here reads."""
+def queue_fresh(clone: Path, bests: dict[str, dict[str, object]], seeds: list[int]) -> None:
+    """Each route run's best on each fresh seed, one thread each, queued in `clone` seed by seed,
+    so that a queue stopped early still covers every route run: train and evaluate, not plot,
+    which no figure here reads."""
     for seed in seeds:
-        keys = {**settings, "train.seed": seed, "train.threads": 1}
-        args = [arg for key, value in keys.items() for arg in ("-S", f"{key}={value}")]
-        dvc(["exp", "run", "--queue", "-n", f"{name}-s{seed}", *args, "evaluate"], clone)
+        for name, settings in bests.items():
+            keys = {**settings, "train.seed": seed, "train.threads": 1}
+            args = [arg for key, value in keys.items() for arg in ("-S", f"{key}={value}")]
+            dvc(["exp", "run", "--queue", "-n", f"{name}-s{seed}", *args, "evaluate"], clone)
+
+
+def fresh_settings(routes: dict[str, dict], runs: dict[str, dict]) -> dict[str, dict[str, object]]:
+    """What each route run's best trains with on the fresh seeds: its route's settings outside
+    `tune:` (the trials and the re-train ran with them), then its best params."""
+    return {
+        name: {**{k: v for k, v in routes[run["route"]].items() if not k.startswith("tune.")}, **run["best"]}
+        for name, run in runs.items()
+    }
 
 
 def label(route: str, sampler_seed: int) -> str:
@@ -166,23 +177,24 @@ def main() -> None:
             print(f"route run {i} of {len(order)}: {name}", file=sys.stderr, flush=True)
             settings = {**budget, **routes[route], "tune.sampler_seed": sampler_seed}
             runs[name] = {"route": route, "sampler_seed": sampler_seed, **run_route(work / name, settings)}
-        print(
-            f"fresh seeds {options.seeds}: {len(runs) * len(options.seeds)} re-trains",
-            file=sys.stderr,
-            flush=True,
-        )
+            if options.json:  # so far: a route run's figures outlast a later one's failure
+                write_json(options.json, routes, runs)
+        count = len(runs) * len(options.seeds)
+        print(f"fresh seeds {options.seeds}: {count} re-trains", file=sys.stderr, flush=True)
         fresh = work / "fresh"
         make_clone(fresh, budget)
-        for name, run in runs.items():
-            trial_keys = {k: v for k, v in routes[run["route"]].items() if not k.startswith("tune.")}
-            queue_fresh(fresh, name, {**trial_keys, **run["best"]}, options.seeds)
+        queue_fresh(fresh, fresh_settings(routes, runs), options.seeds)
         fresh_wall = run_queue(fresh, cores)
         found = results(fresh)
     for name, run in runs.items():
         run["fresh"] = {seed: found.get(f"{name}-s{seed}") for seed in options.seeds}
     report(routes, runs, options.seeds, cores, fresh_wall)
     if options.json:
-        options.json.write_text(json.dumps({"routes": routes, "runs": runs}, indent=2, default=str) + "\n")
+        write_json(options.json, routes, runs)
+
+
+def write_json(path: Path, routes: dict, runs: dict) -> None:
+    path.write_text(json.dumps({"routes": routes, "runs": runs}, indent=2, default=str) + "\n")
 
 
 def report(routes: dict, runs: dict, seeds: list[int], cores: int, fresh_wall: float) -> None:

@@ -212,3 +212,50 @@ def test_epoch_images_prints_the_pictures_share_of_training(official_dir):
     assert lines[1].startswith("pictures: ") and " s per set (latent dim 2, with the scatter; " in lines[1]
     share = r"epoch images: \d+\.\d\d% of the default run's training "
     assert re.fullmatch(share + r"\(7 sets of 30 epochs at plot.epoch_images 5\)", lines[2])
+
+
+def test_route_times_each_part_of_two_routes_and_compares_them_on_fresh_seeds(official_dir, tmp_path):
+    """Slow: two sweeps and their re-trains through `dvc repro` and `dvc exp run`, each in a clone
+    of its own, then both bests on two fresh seeds through DVC's queue."""
+    import mlflow
+
+    figures = tmp_path / "route.json"
+    printed = run(
+        [sys.executable, "bench/route.py", "--route", "a:tune.confirm_top=0",
+         "--route", "b:tune.n_trials=3;train.kl_weight=2", "--sampler-seeds", "5", "--seeds", "1", "2",
+         "--tune", "n_trials=2", "--tune", "confirm_top=1", "--tune", "confirm_seeds=1",
+         "--tune", "overrides={train.epochs: 2}", "--epochs", "2", "--train-size", "500",
+         "--test-size", "500", "--workdir", str(tmp_path / "work"), "--json", str(figures)],
+        ROOT,
+    ).stdout  # fmt: skip
+    runs = json.loads(figures.read_text())["runs"]
+    assert list(runs) == ["a-5", "b-5"]
+    a, b = runs["a-5"], runs["b-5"]
+    # Each route's own settings reached its sweep: no confirming in a, one more trial in b.
+    assert a["summary"]["confirm_seconds"] is None and a["seconds"]["confirm"] == 0
+    assert 0 < b["seconds"]["confirm"] == b["summary"]["confirm_seconds"] < b["summary"]["seconds"]
+    assert sum(a["summary"][f"trials_{s}"] for s in ("complete", "pruned", "failed")) == 2
+    assert sum(b["summary"][f"trials_{s}"] for s in ("complete", "pruned", "failed")) >= 4
+    for name, route_run in runs.items():
+        assert route_run["seconds"]["sweep"] > 0 and route_run["seconds"]["retrain"] > 0
+        assert math.isfinite(route_run["retrain"]["test_loss"])
+        assert route_run["summary"]["best_params"] == route_run["best"]
+        line = f"{name:<16} " + " ".join(
+            f"{route_run['fresh'][seed]['val_loss']:10.2f} {route_run['fresh'][seed]['test_loss']:7.2f}"
+            for seed in ("1", "2")
+        )
+        assert line in printed
+    # The fresh re-trains carry the route's settings outside the search (b's KL weight) and the best's.
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work/fresh/mlruns/mlflow.db'}")
+    fresh = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.`pipeline.stage` = 'train'"
+    )
+    by_name = {r.data.tags["dvc.exp_name"]: r.data.params for r in fresh}
+    assert sorted(by_name) == ["a-5-s1", "a-5-s2", "b-5-s1", "b-5-s2"]
+    for name, params in by_name.items():
+        route_run = runs[name[:3]]
+        assert float(params["train.kl_weight"]) == (2 if name.startswith("b") else 1)
+        assert params["train.seed"] == name[-1]
+        assert params["model.latent_dim"] == str(route_run["best"]["model.latent_dim"])
+    assert re.search(r"^b against a: wall time \d+\.\d\dx; test_loss b - a: ", printed, re.MULTILINE)
+    assert "n = 2" in printed.splitlines()[-1] or "on each of 2" in printed.splitlines()[-1]

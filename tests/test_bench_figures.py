@@ -13,6 +13,7 @@ from tests.helpers import ROOT
 sys.path.insert(0, str(ROOT / "bench"))  # the scripts import their neighbours by name
 import collapse
 import end_to_end
+import route
 
 
 def test_one_round_has_no_interval():
@@ -52,3 +53,33 @@ def test_the_collapse_benchmark_chooses_a_lever_on_validation_alone():
     assert collapse.choose(table, bar=240.3, min_active=5) is None  # warm's seed 2 is above the bar
     table["warm"][2] = None  # a seed that failed: not stable
     assert collapse.choose(table, bar=262.25, min_active=5) == "free"
+
+
+def test_routes_alternate_which_goes_first():
+    assert route.balanced_order(["a", "b"], [1, 2]) == [("a", 1), ("b", 1), ("b", 2), ("a", 2)]
+    assert route.balanced_order(["a", "b", "c"], [5]) == [("a", 5), ("b", 5), ("c", 5)]
+
+
+def test_a_routes_settings_may_hold_commas():
+    name, settings = route.route_arg(
+        "short:tune.overrides={train.epochs: 3, data.train_size: 500};tune.confirm_seeds=1"
+    )
+    assert name == "short"
+    assert settings == {
+        "tune.overrides": {"train.epochs": 3, "data.train_size": 500},
+        "tune.confirm_seeds": 1,
+    }
+    assert route.route_arg("today") == ("today", {})
+    with pytest.raises(Exception, match="a route's name"):
+        route.route_arg("a b:train.epochs=3")
+
+
+def test_routes_are_compared_by_a_paired_t_test_on_the_differences():
+    first, second = [240.1, 239.6, 240.4], [239.8, 239.9, 239.7]
+    differences = [b - a for a, b in zip(first, second, strict=True)]
+    low, high = stats.t.interval(0.95, 2, sum(differences) / 3, stats.sem(differences))
+    p = stats.ttest_rel(second, first).pvalue
+    assert route.paired(first, second) == (
+        f"-0.23 ± 0.38, 95% t interval {low:+.2f}..{high:+.2f}, paired t-test p = {p:.2g}, n = 3"
+    )
+    assert route.paired([1.0, 2.0], [1.5, 2.5]) == "+0.50 on each of 2 (no test)"

@@ -93,3 +93,19 @@ def test_a_run_name_names_every_setting_that_differs_from_the_defaults():
     assert run_name(preset, "quick") == "latent 2, lr 0.018, 6 epochs, cosine, warm-up 1, seed 42 · quick"
     beta = parse_params(with_overrides({}, {"train.kl_weight": 0.5, "model.encoder_filters": [16, 32]}))
     assert run_name(beta) == "latent 2, lr 0.001, encoder filters [16, 32], beta 0.5, seed 42"
+
+
+def test_a_sampler_seed_draws_another_study_and_null_keeps_the_base_seeds():
+    """`tune.sampler_seed` is the study's seed where it is set; null keeps `base.seed`, so that the
+    studies drawn before the key keep their settings and so their names."""
+    from pipeline.search.study import sampler_seed, study_settings
+
+    defaults = Params()
+    assert defaults.tune.sampler_seed is None
+    assert sampler_seed(defaults) == study_settings(defaults)["seed"] == defaults.base.seed == 42
+    raw = defaults.model_dump()
+    drawn = parse_params(with_overrides(raw, {"tune.sampler_seed": 7}))
+    assert sampler_seed(drawn) == study_settings(drawn)["seed"] == 7
+    assert study_settings(drawn) != study_settings(defaults)
+    with pytest.raises(Exception, match=r"tune\.sampler_seed"):
+        parse_params(with_overrides(raw, {"tune.sampler_seed": -1}))
