@@ -119,15 +119,22 @@ def run_route(clone: Path, settings: dict[str, object]) -> dict:
     }
 
 
-def queue_fresh(clone: Path, bests: dict[str, dict[str, object]], seeds: list[int]) -> None:
+def queue_fresh(clone: Path, bests: dict[str, dict[str, object]], seeds: list[int]) -> dict[str, str]:
     """Each route run's best on each fresh seed, one thread each, queued in `clone` seed by seed,
     so that a queue stopped early still covers every route run: train and evaluate, not plot,
-    which no figure here reads."""
+    which no figure here reads. Route runs whose bests are the same settings share one training
+    (the same seed gives the same numbers); returns the route run that trains for each."""
+    trains_for = {}
+    for name, settings in bests.items():
+        trains_for[name] = next(other for other in bests if bests[other] == settings)
     for seed in seeds:
         for name, settings in bests.items():
+            if trains_for[name] != name:
+                continue
             keys = {**settings, "train.seed": seed, "train.threads": 1}
             args = [arg for key, value in keys.items() for arg in ("-S", f"{key}={value}")]
             dvc(["exp", "run", "--queue", "-n", f"{name}-s{seed}", *args, "evaluate"], clone)
+    return trains_for
 
 
 def fresh_settings(routes: dict[str, dict], runs: dict[str, dict]) -> dict[str, dict[str, object]]:
@@ -183,11 +190,12 @@ def main() -> None:
         print(f"fresh seeds {options.seeds}: {count} re-trains", file=sys.stderr, flush=True)
         fresh = work / "fresh"
         make_clone(fresh, budget)
-        queue_fresh(fresh, fresh_settings(routes, runs), options.seeds)
+        trains_for = queue_fresh(fresh, fresh_settings(routes, runs), options.seeds)
         fresh_wall = run_queue(fresh, cores)
         found = results(fresh)
     for name, run in runs.items():
-        run["fresh"] = {seed: found.get(f"{name}-s{seed}") for seed in options.seeds}
+        run["fresh"] = {seed: found.get(f"{trains_for[name]}-s{seed}") for seed in options.seeds}
+        run["fresh_trained_as"] = trains_for[name]
     report(routes, runs, options.seeds, cores, fresh_wall)
     if options.json:
         write_json(options.json, routes, runs)
