@@ -80,6 +80,6 @@ def test_routes_are_compared_by_a_paired_t_test_on_the_differences():
     low, high = stats.t.interval(0.95, 2, sum(differences) / 3, stats.sem(differences))
     p = stats.ttest_rel(second, first).pvalue
     assert route.paired(first, second) == (
-        f"-0.23 ± 0.38, 95% t interval {low:+.2f}..{high:+.2f}, paired t-test p = {p:.2g}, n = 3"
+        f"-0.23 ± 0.50, 95% t interval {low:+.2f}..{high:+.2f}, paired t-test p = {p:.2g}, n = 3"
     )
     assert route.paired([1.0, 2.0], [1.5, 2.5]) == "+0.50 on each of 2 (no test)"
