@@ -1,7 +1,7 @@
 """The route from a sweep to a model, end to end and timed by part: the sweep, its confirming,
 the re-train of its best; then that best on seeds that chose nothing.
 
-    python bench/route.py     # the route params.yaml holds, sampler seeds 1 and 2, fresh seeds 901..903
+    python bench/route.py     # the route params.yaml holds, sampler seeds 100 and 200, fresh seeds 901..903
     python bench/route.py --route today \\
         --route 'short:tune.overrides={train.epochs: 3};tune.confirm_seeds=1'   # two routes, balanced
     python bench/route.py --tune n_trials=2 --tune confirm_top=0 --sampler-seeds 1 \\
@@ -113,6 +113,7 @@ def run_route(clone: Path, settings: dict[str, object]) -> dict:
     confirm = summary.get("confirm_seconds") or 0.0
     return {
         "seconds": {"sweep": sweep_wall - confirm, "confirm": confirm, "retrain": retrain_wall},
+        "sweep_wall": sweep_wall,
         "summary": summary,
         "best": read_yaml(clone / "sweep/best_params.yaml"),
         "retrain": results(clone).get("route-best"),
@@ -154,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--route", type=route_arg, action="append", default=[],
                         help="name[:key=value;key=value]; repeatable (default: params.yaml's)")  # fmt: skip
-    parser.add_argument("--sampler-seeds", type=int, nargs="+", default=[1, 2],
+    parser.add_argument("--sampler-seeds", type=int, nargs="+", default=[100, 200],
                         help="tune.sampler_seed values: each route runs once with each")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[901, 902, 903],
                         help="train.seed values that chose nothing, for each route run's best")  # fmt: skip
@@ -171,8 +172,14 @@ def main() -> None:
         parser.error("--route: two routes have one name")
     if {ROUTE_SEED, ROUTE_SEED + 1, ROUTE_SEED + 2} & set(options.seeds):
         parser.error(f"--seeds: {ROUTE_SEED} to {ROUTE_SEED + 2} are the sweep's own seeds")
-
     cores = len(os.sched_getaffinity(0))
+    for option in ("seeds", "sampler_seeds"):
+        if len(set(getattr(options, option))) < len(getattr(options, option)):
+            parser.error(f"--{option.replace('_', '-')}: a seed given twice")
+    near = [(a, b) for a in options.sampler_seeds for b in options.sampler_seeds if 0 < b - a < cores]
+    if near:  # worker k of a sweep draws with tune.sampler_seed + k, one worker per core
+        parser.error(f"--sampler-seeds: {near[0]} share a worker's draw; keep them {cores} or more apart")
+
     budget = {"train.epochs": options.epochs, "data.train_size": options.train_size,
               "data.test_size": options.test_size, **dict(options.tune)}  # fmt: skip
     runs: dict[str, dict] = {}
@@ -186,7 +193,7 @@ def main() -> None:
             runs[name] = {"route": route, "sampler_seed": sampler_seed, **run_route(work / name, settings)}
             if options.json:  # so far: a route run's figures outlast a later one's failure
                 write_json(options.json, routes, runs)
-        count = len(runs) * len(options.seeds)
+        count = len(set(map(json.dumps, fresh_settings(routes, runs).values()))) * len(options.seeds)
         print(f"fresh seeds {options.seeds}: {count} re-trains", file=sys.stderr, flush=True)
         fresh = work / "fresh"
         make_clone(fresh, budget)
@@ -220,7 +227,10 @@ def report(routes: dict, runs: dict, seeds: list[int], cores: int, fresh_wall: f
             f"{retrain.get('test_loss', float('nan')):8.2f}  "
             + " ".join(f"{key}={value}" for key, value in run["best"].items())
         )
-    print("minutes; the sweep without its confirming; the re-train is the whole `dvc exp run`")
+    print(
+        "minutes; the sweep is `dvc repro sweep/dvc.yaml` (DVC's and tune's start and the study's figures "
+        "included) without its confirming; the re-train is the whole `dvc exp run`"
+    )
     print(
         f"fresh seeds {seeds}, {cores} at a time with one thread each ({fresh_wall / 60:.1f} min, untimed):"
     )
@@ -233,30 +243,42 @@ def report(routes: dict, runs: dict, seeds: list[int], cores: int, fresh_wall: f
         print(f"{name:<16} " + " ".join(cells))
 
     first = next(iter(routes))
-    by_route = {route: [run for run in runs.values() if run["route"] == route] for route in routes}
-    for route, members in by_route.items():
-        totals = [sum(run["seconds"].values()) / 60 for run in members]
-        rows = [run["fresh"][seed] for run in members for seed in seeds]
-        val = [row["val_loss"] for row in rows if row]
-        test = [row["test_loss"] for row in rows if row]
+    by_route = {
+        route: {r["sampler_seed"]: r for r in runs.values() if r["route"] == route} for route in routes
+    }
+    for route, draws in by_route.items():
+        totals = [sum(r["seconds"].values()) / 60 for r in draws.values()]
+        val = [draw_mean(r, seeds, "val_loss") for r in draws.values()]
+        test = [draw_mean(r, seeds, "test_loss") for r in draws.values()]
         print(
-            f"{route}: {len(members)} run(s), total {spread(totals)} min; fresh seeds (n = {len(test)} of "
-            f"{len(rows)}, {len(members)} sweep(s) x {len(seeds)} seeds): "
-            f"val_loss {spread(val)}, test_loss {spread(test)}"
+            f"{route}: total {spread(totals)} min; each draw's mean over its fresh seeds: "
+            f"val_loss {spread([v for v in val if v is not None])}, "
+            f"test_loss {spread([t for t in test if t is not None])} (n = {sum(t is not None for t in test)} "
+            f"of {len(draws)} draws, each {len(seeds)} seeds)"
         )
-    for route, members in by_route.items():
+    for route, draws in by_route.items():
         if route == first:
             continue
-        ratio = statistics.fmean(sum(r["seconds"].values()) for r in members) / statistics.fmean(
-            sum(r["seconds"].values()) for r in by_route[first]
-        )
+        common = [seed for seed in draws if seed in by_route[first]]
+        ratios = [
+            sum(draws[s]["seconds"].values()) / sum(by_route[first][s]["seconds"].values()) for s in common
+        ]
         pairs = [
-            (a["fresh"][seed]["test_loss"], b["fresh"][seed]["test_loss"])
-            for a in by_route[first] for b in members if a["sampler_seed"] == b["sampler_seed"]
-            for seed in seeds if a["fresh"][seed] and b["fresh"][seed]
-        ]  # fmt: skip
+            (draw_mean(by_route[first][s], seeds, "test_loss"), draw_mean(draws[s], seeds, "test_loss"))
+            for s in common
+        ]
+        pairs = [pair for pair in pairs if None not in pair]
         difference = paired([a for a, _ in pairs], [b for _, b in pairs]) if pairs else "no pairs"
-        print(f"{route} against {first}: wall time {ratio:.2f}x; test_loss {route} - {first}: {difference}")
+        print(
+            f"{route} against {first}: wall time {', '.join(f'{r:.2f}x' for r in ratios)} by draw; "
+            f"test_loss {route} - {first}, each draw's mean over its fresh seeds, by draw: {difference}"
+        )
+
+
+def draw_mean(run: dict, seeds: list[int], key: str) -> float | None:
+    """A route run's mean over its fresh seeds; None if a seed failed, which leaves the draw out."""
+    rows = [run["fresh"][seed] for seed in seeds]
+    return None if None in rows else statistics.fmean(row[key] for row in rows)
 
 
 if __name__ == "__main__":

@@ -238,6 +238,8 @@ def test_route_times_each_part_of_two_routes_and_compares_them_on_fresh_seeds(of
     assert sum(b["summary"][f"trials_{s}"] for s in ("complete", "pruned", "failed")) >= 4
     for name, route_run in runs.items():
         assert route_run["seconds"]["sweep"] > 0 and route_run["seconds"]["retrain"] > 0
+        seconds = route_run["seconds"]
+        assert seconds["sweep"] + seconds["confirm"] == pytest.approx(route_run["sweep_wall"])
         assert math.isfinite(route_run["retrain"]["test_loss"])
         assert route_run["summary"]["best_params"] == route_run["best"]
         line = f"{name:<16} " + " ".join(
@@ -252,10 +254,19 @@ def test_route_times_each_part_of_two_routes_and_compares_them_on_fresh_seeds(of
     )
     by_name = {r.data.tags["dvc.exp_name"]: r.data.params for r in fresh}
     assert sorted(by_name) == ["a-5-s1", "a-5-s2", "b-5-s1", "b-5-s2"]
+    for r in fresh:  # each row of the report is its own run's
+        name = r.data.tags["dvc.exp_name"]
+        assert runs[name[:3]]["fresh"][name[-1]]["test_loss"] == r.data.metrics["test_loss"]
     for name, params in by_name.items():
         route_run = runs[name[:3]]
         assert float(params["train.kl_weight"]) == (2 if name.startswith("b") else 1)
         assert params["train.seed"] == name[-1]
         assert params["model.latent_dim"] == str(route_run["best"]["model.latent_dim"])
-    assert re.search(r"^b against a: wall time \d+\.\d\dx; test_loss b - a: ", printed, re.MULTILINE)
-    assert "n = 2" in printed.splitlines()[-1] or "on each of 2" in printed.splitlines()[-1]
+    # One draw each: the difference of the two draws' means over their fresh seeds, and no test.
+    mean = {name: sum(runs[name]["fresh"][s]["test_loss"] for s in ("1", "2")) / 2 for name in runs}
+    difference = mean["b-5"] - mean["a-5"]
+    assert printed.splitlines()[-1] == (
+        f"b against a: wall time {sum(b['seconds'].values()) / sum(a['seconds'].values()):.2f}x by draw; "
+        "test_loss b - a, each draw's mean over its fresh seeds, by draw: "
+        f"{difference:+.2f} on each of 1 (no test)"
+    )
