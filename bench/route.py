@@ -120,22 +120,23 @@ def run_route(clone: Path, settings: dict[str, object]) -> dict:
     }
 
 
-def queue_fresh(clone: Path, bests: dict[str, dict[str, object]], seeds: list[int]) -> dict[str, str]:
-    """Each route run's best on each fresh seed, one thread each, queued in `clone` seed by seed,
-    so that a queue stopped early still covers every route run: train and evaluate, not plot,
-    which no figure here reads. Route runs whose bests are the same settings share one training
-    (the same seed gives the same numbers); returns the route run that trains for each."""
-    trains_for = {}
-    for name, settings in bests.items():
-        trains_for[name] = next(other for other in bests if bests[other] == settings)
+def shared_trainings(bests: dict[str, dict[str, object]]) -> dict[str, str]:
+    """The route run that trains for each: runs whose bests are the same settings share one
+    training on each fresh seed (the same seed gives the same numbers)."""
+    return {
+        name: next(other for other in bests if bests[other] == settings) for name, settings in bests.items()
+    }
+
+
+def queue_fresh(clone: Path, bests: dict[str, dict[str, object]], seeds: list[int]) -> None:
+    """Each best on each fresh seed, one thread each, queued in `clone` seed by seed, so that a
+    queue stopped early still covers every route run: train and evaluate, not plot, which no
+    figure here reads."""
     for seed in seeds:
         for name, settings in bests.items():
-            if trains_for[name] != name:
-                continue
             keys = {**settings, "train.seed": seed, "train.threads": 1}
             args = [arg for key, value in keys.items() for arg in ("-S", f"{key}={value}")]
             dvc(["exp", "run", "--queue", "-n", f"{name}-s{seed}", *args, "evaluate"], clone)
-    return trains_for
 
 
 def fresh_settings(routes: dict[str, dict], runs: dict[str, dict]) -> dict[str, dict[str, object]]:
@@ -193,11 +194,14 @@ def main() -> None:
             runs[name] = {"route": route, "sampler_seed": sampler_seed, **run_route(work / name, settings)}
             if options.json:  # so far: a route run's figures outlast a later one's failure
                 write_json(options.json, routes, runs)
-        count = len(set(map(json.dumps, fresh_settings(routes, runs).values()))) * len(options.seeds)
+        bests = fresh_settings(routes, runs)
+        trains_for = shared_trainings(bests)
+        unique = {name: settings for name, settings in bests.items() if trains_for[name] == name}
+        count = len(unique) * len(options.seeds)
         print(f"fresh seeds {options.seeds}: {count} re-trains", file=sys.stderr, flush=True)
         fresh = work / "fresh"
         make_clone(fresh, budget)
-        trains_for = queue_fresh(fresh, fresh_settings(routes, runs), options.seeds)
+        queue_fresh(fresh, unique, options.seeds)
         fresh_wall = run_queue(fresh, cores)
         found = results(fresh)
     for name, run in runs.items():
