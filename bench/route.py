@@ -4,12 +4,15 @@ the re-train of its best; then that best on seeds that chose nothing.
     python bench/route.py     # the route params.yaml holds, sampler seeds 100 and 200, fresh seeds 901..903
     python bench/route.py --route today \\
         --route 'short:tune.overrides={train.epochs: 3};tune.confirm_seeds=1'   # two routes, balanced
+    python bench/route.py --route today \\
+        --route 'top2:tune.overrides={train.epochs: 3};tune.confirm_seeds=0;top=2'   # the best two re-trained
     python bench/route.py --tune n_trials=2 --tune confirm_top=0 --sampler-seeds 1 \\
         --tune 'overrides={train.epochs: 1, data.train_size: 500}' \\
         --epochs 1 --train-size 500 --test-size 500 --seeds 1 2     # a quick look
 
 A route is a name and the settings it changes in params.yaml (`name:key=value;key=value`, keys
-as in params.yaml; `;` between them, since a YAML value may hold commas). Each route runs once
+as in params.yaml; `;` between them, since a YAML value may hold commas), and `top=K` where it
+re-trains the sweep's K best instead of its best alone. Each route runs once
 per `--sampler-seeds` value (`tune.sampler_seed`: the sweep's draw), in an order that balances
 which goes first: the routes as given for the first sampler seed, reversed for the second, and
 so on (A B B A for two). Each route run, in a clone of this repository's last commit with its
@@ -17,7 +20,9 @@ settings (and `--tune`, `--epochs`, `--train-size`, `--test-size`) in params.yam
 1. `dvc repro sweep/dvc.yaml`: the sweep, its confirming trials timed apart
    (`confirm_seconds` in `sweep/summary.json`);
 2. `dvc exp run $(python -m pipeline.tune --print-best)`: the re-train, the whole pipeline
-   (train, evaluate, plot) as the README's route runs it.
+   (train, evaluate, plot) as the README's route runs it. With `top=K`: the K best
+   (`--print-best --rank k`) queued with one thread each and run side by side
+   (`dvc queue start -j K`), the lowest `val_loss` kept; all of it timed as the re-train.
 Nothing else runs while these are timed. Then, untimed, every route run's best on each of
 `--seeds` (seeds no sweep or choice used), with the route's own settings, through one DVC queue
 `-j C` (C usable cores) with one thread each. It prints each part's wall time, the fresh seeds'
@@ -46,6 +51,7 @@ from pipeline.params import PipelineError, parse_override, read_yaml
 
 ROUTE_SEED = 42  # train.seed: the sweep's trials (their confirming seeds follow it) and the re-train
 PARTS = ("sweep", "confirm", "retrain")
+TOP = "top"  # a route's own key, beside params.yaml's: how many of the sweep's best it re-trains
 
 
 def setting(text: str) -> tuple[str, object]:
@@ -63,11 +69,23 @@ def tune_setting(text: str) -> tuple[str, object]:
 
 
 def route_arg(text: str) -> tuple[str, dict[str, object]]:
-    """`name` or `name:key=value;key=value`."""
+    """`name` or `name:key=value;key=value`, `top=K` among them or not."""
     name, _, rest = text.partition(":")
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise argparse.ArgumentTypeError(f"a route's name is letters, digits, - and _: got {name!r}")
-    return name, dict(setting(part) for part in rest.split(";") if part.strip())
+    settings = dict(setting(part) for part in rest.split(";") if part.strip())
+    top = settings.get(TOP, 1)
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise argparse.ArgumentTypeError(f"{TOP}: a whole number from 1, got {top!r}")
+    return name, settings
+
+
+def print_best(clone: Path, rank: int) -> list[str]:
+    """`python -m pipeline.tune --print-best --rank rank` in the clone: `-S` arguments."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.tune", "--print-best", "--rank", str(rank)],
+        cwd=clone, env=clone_env(), capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
 
 
 def balanced_order(routes: list[str], sampler_seeds: list[int]) -> list[tuple[str, int]]:
@@ -96,28 +114,39 @@ def paired(first: list[float], second: list[float]) -> str:
     )
 
 
-def run_route(clone: Path, settings: dict[str, object]) -> dict:
-    """One route in a fresh clone: the sweep, then the re-train of its best; times and figures."""
+def run_route(clone: Path, settings: dict[str, object], top: int = 1) -> dict:
+    """One route in a fresh clone: the sweep, then the re-train of its best, or of its `top` best
+    side by side keeping the lowest `val_loss`; times and figures."""
     make_clone(clone, settings)
     start = time.perf_counter()
     dvc(["repro", "sweep/dvc.yaml"], clone)
     sweep_wall = time.perf_counter() - start
     summary = json.loads((clone / "sweep/summary.json").read_text())
-    best_args = subprocess.run(
-        [sys.executable, "-m", "pipeline.tune", "--print-best"],
-        cwd=clone, env=clone_env(), capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
     start = time.perf_counter()
-    dvc(["exp", "run", "-n", "route-best", *best_args], clone)
+    if top == 1:
+        dvc(["exp", "run", "-n", "route-best", *print_best(clone, 1)], clone)
+    else:
+        for rank in range(1, top + 1):
+            args = [*print_best(clone, rank), "-S", "train.threads=1"]
+            dvc(["exp", "run", "--queue", "-n", f"route-best-{rank}", *args], clone)
+        run_queue(clone, top)
     retrain_wall = time.perf_counter() - start
     confirm = summary.get("confirm_seconds") or 0.0
-    return {
+    found = results(clone)
+    run = {
         "seconds": {"sweep": sweep_wall - confirm, "confirm": confirm, "retrain": retrain_wall},
         "sweep_wall": sweep_wall,
         "summary": summary,
         "best": read_yaml(clone / "sweep/best_params.yaml"),
-        "retrain": results(clone).get("route-best"),
+        "retrain": found.get("route-best"),
     }
+    if top > 1:
+        run["retrained"] = {rank: found.get(f"route-best-{rank}") for rank in range(1, top + 1)}
+        done = [rank for rank, row in run["retrained"].items() if row]
+        if done:  # choose on validation
+            kept = min(done, key=lambda rank: run["retrained"][rank]["val_loss"])
+            run.update(kept=kept, best=summary["ranking"][kept - 1]["params"], retrain=run["retrained"][kept])
+    return run
 
 
 def shared_trainings(bests: dict[str, dict[str, object]]) -> dict[str, str]:
@@ -143,7 +172,10 @@ def fresh_settings(routes: dict[str, dict], runs: dict[str, dict]) -> dict[str, 
     """What each route run's best trains with on the fresh seeds: its route's settings outside
     `tune:` (the trials and the re-train ran with them), then its best params."""
     return {
-        name: {**{k: v for k, v in routes[run["route"]].items() if not k.startswith("tune.")}, **run["best"]}
+        name: {
+            **{k: v for k, v in routes[run["route"]].items() if not k.startswith("tune.") and k != TOP},
+            **run["best"],
+        }
         for name, run in runs.items()
     }
 
@@ -190,8 +222,14 @@ def main() -> None:
         for i, (route, sampler_seed) in enumerate(order, 1):
             name = label(route, sampler_seed)
             print(f"route run {i} of {len(order)}: {name}", file=sys.stderr, flush=True)
-            settings = {**budget, **routes[route], "tune.sampler_seed": sampler_seed}
-            runs[name] = {"route": route, "sampler_seed": sampler_seed, **run_route(work / name, settings)}
+            own = {key: value for key, value in routes[route].items() if key != TOP}
+            settings = {**budget, **own, "tune.sampler_seed": sampler_seed}
+            top = routes[route].get(TOP, 1)
+            runs[name] = {
+                "route": route,
+                "sampler_seed": sampler_seed,
+                **run_route(work / name, settings, top),
+            }
             if options.json:  # so far: a route run's figures outlast a later one's failure
                 write_json(options.json, routes, runs)
         bests = fresh_settings(routes, runs)
@@ -231,6 +269,15 @@ def report(routes: dict, runs: dict, seeds: list[int], cores: int, fresh_wall: f
             f"{retrain.get('test_loss', float('nan')):8.2f}  "
             + " ".join(f"{key}={value}" for key, value in run["best"].items())
         )
+        if "retrained" in run:
+            rows = run["retrained"].items()
+            print(
+                f"{'':<16} re-trained side by side, rank: val(42) test(42): "
+                + ", ".join(
+                    f"{k}: {r['val_loss']:.2f} {r['test_loss']:.2f}" if r else f"{k}: failed" for k, r in rows
+                )
+                + f"; kept rank {run.get('kept')}, the lowest val_loss"
+            )
     print(
         "minutes; the sweep is `dvc repro sweep/dvc.yaml` (DVC's and tune's start and the study's figures "
         "included) without its confirming; the re-train is the whole `dvc exp run`"

@@ -66,7 +66,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--print-best", action="store_true", help="print the best params as `dvc exp run` -S arguments"
     )
+    parser.add_argument(
+        "--rank",
+        type=rank_arg,
+        default=1,
+        help="with --print-best: the configuration ranked K-th instead (sweep/summary.json's ranking)",
+    )
     return parser.parse_args(argv)
+
+
+def rank_arg(text: str) -> int:
+    """`--rank`: a whole number from 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}")
+    return int(text)
 
 
 def workers_arg(text: str) -> int | str:
@@ -262,10 +275,20 @@ def dvc_args(path: Path = BEST_PARAMS) -> str:
     return " ".join(f"-S {key}={value}" for key, value in read_yaml(path).items())
 
 
+def ranked_args(rank: int, path: Path = SUMMARY) -> str:
+    """`-S key=value ...` for the configuration the sweep's summary ranks `rank`-th."""
+    ranking = json.loads(path.read_text()).get("ranking", []) if path.exists() else []
+    if rank > len(ranking):
+        raise ParamsError(f"--rank {rank}: {path} ranks {len(ranking)} configurations")
+    return " ".join(f"-S {key}={value}" for key, value in ranking[rank - 1]["params"].items())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.rank > 1 and not args.print_best:
+        raise ParamsError("--rank: only with --print-best")
     if args.print_best:
-        print(dvc_args())
+        print(dvc_args() if args.rank == 1 else ranked_args(args.rank))
         return
     raw, params = resolve_params(args)
     tune = params.tune

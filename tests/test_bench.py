@@ -215,13 +215,14 @@ def test_epoch_images_prints_the_pictures_share_of_training(official_dir):
 
 
 def test_route_times_each_part_of_two_routes_and_compares_them_on_fresh_seeds(official_dir, tmp_path):
-    """Slow: two sweeps and their re-trains through `dvc repro` and `dvc exp run`, each in a clone
-    of its own, then both bests on two fresh seeds through DVC's queue."""
+    """Slow: two sweeps and their re-trains through `dvc repro` and `dvc exp run` (a's two best
+    side by side), each in a clone of its own, then both bests on two fresh seeds through DVC's
+    queue."""
     import mlflow
 
     figures = tmp_path / "route.json"
     printed = run(
-        [sys.executable, "bench/route.py", "--route", "a:tune.confirm_top=0",
+        [sys.executable, "bench/route.py", "--route", "a:tune.confirm_top=0;tune.pruner=none;top=2",
          "--route", "b:tune.n_trials=3;train.kl_weight=2", "--sampler-seeds", "5", "--seeds", "1", "2",
          "--tune", "n_trials=2", "--tune", "confirm_top=1", "--tune", "confirm_seeds=1",
          "--tune", "overrides={train.epochs: 2}", "--epochs", "2", "--train-size", "500",
@@ -241,12 +242,26 @@ def test_route_times_each_part_of_two_routes_and_compares_them_on_fresh_seeds(of
         seconds = route_run["seconds"]
         assert seconds["sweep"] + seconds["confirm"] == pytest.approx(route_run["sweep_wall"])
         assert math.isfinite(route_run["retrain"]["test_loss"])
-        assert route_run["summary"]["best_params"] == route_run["best"]
         line = f"{name:<16} " + " ".join(
             f"{route_run['fresh'][seed]['val_loss']:10.2f} {route_run['fresh'][seed]['test_loss']:7.2f}"
             for seed in ("1", "2")
         )
         assert line in printed
+    assert b["summary"]["best_params"] == b["best"] and "retrained" not in b
+    # a re-trained its two best, one thread each, and kept the lower val_loss: the figures its
+    # fresh seeds train with are that one's.
+    assert a["summary"]["ranking"][0]["params"] == a["summary"]["best_params"]
+    assert sorted(a["retrained"]) == ["1", "2"]
+    kept = min(a["retrained"], key=lambda rank: a["retrained"][rank]["val_loss"])
+    assert a["kept"] == int(kept) and a["retrain"] == a["retrained"][kept]
+    assert a["best"] == a["summary"]["ranking"][a["kept"] - 1]["params"]
+    assert a["summary"]["ranking"][0]["params"] != a["summary"]["ranking"][1]["params"]
+    store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work/a-5/mlruns/mlflow.db'}")
+    retrained = store.search_runs(
+        [e.experiment_id for e in store.search_experiments()], "tags.`pipeline.stage` = 'train'"
+    )
+    assert sorted(r.data.tags["dvc.exp_name"] for r in retrained) == ["route-best-1", "route-best-2"]
+    assert {r.data.params["train.threads"] for r in retrained} == {"1"}
     # The fresh re-trains carry the route's settings outside the search (b's KL weight) and the best's.
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work/fresh/mlruns/mlflow.db'}")
     fresh = client.search_runs(

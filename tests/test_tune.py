@@ -327,6 +327,14 @@ def test_sweep_confirms_its_best_trials_on_more_seeds(repo, tmp_path):
     assert summary["best_trial"] == best.number and summary["best_value"] == pytest.approx(mean(best))
     assert summary["best_selected_by"] == best.value and summary["best_confirmed"]
     assert summary["confirmed_trials"] == len(top)  # the best won a contest on its confirming seeds
+    # The same ranking's runner-up, for re-training the two best side by side; no third was confirmed.
+    (other,) = [t for t in top if t is not best]
+    assert [row["trial"] for row in summary["ranking"]] == [best.number, other.number]
+    second = run(["python", "-m", "pipeline.tune", "--print-best", "--rank", "2"], repo).stdout.split()
+    assert f"model.latent_dim={other.params['model.latent_dim']}" in second[1::2]
+    assert second[1::2] != overrides[1::2]
+    third = run(["python", "-m", "pipeline.tune", "--print-best", "--rank", "3"], repo, check=False)
+    assert third.returncode != 0 and "--rank 3: sweep/summary.json ranks 2 configurations" in third.stderr
     assert (
         f"selection score: val_loss {mean(best):.3f} over 1 other seed, the lowest of {len(top)} confirmed "
         f"trials (trial {best.number}, selected at {best.value:.3f})"

@@ -21,6 +21,7 @@ from pipeline.search.study import FINISHED, finished_count
 REPLICATE_OF = "replicate_of"
 SEED = "train.seed"
 DIVERGED = "diverged"  # a failed trial's user attribute when its training diverged
+RANKED = 5  # configurations the summary ranks, for re-training more than the best
 
 
 def study_figures(study: optuna.Study, space: dict[str, Dimension]) -> dict[str, Any]:
@@ -176,11 +177,13 @@ def best_configuration(study: optuna.Study) -> dict[str, Any] | None:
     if not groups:
         return None
     scored = selection.confirmed(groups)
-    number = selection.rank(scored)[0]
+    ranked = selection.rank(scored)
+    number = ranked[0]
     values = list(scored[number])
+    trials = study.get_trials(deepcopy=False)
     return {
         "best_trial": number,
-        "best_params": study.get_trials(deepcopy=False)[number].params,
+        "best_params": trials[number].params,
         "best_value": selection.score(values),
         "best_values": values,
         "best_sd": statistics.stdev(values)
@@ -189,6 +192,10 @@ def best_configuration(study: optuna.Study) -> dict[str, Any] | None:
         "best_confirmed": len(groups[number]) > 1,  # then best_values leave out the selecting seed
         "confirmed_trials": len([values for values in groups.values() if len(values) > 1]),
         "best_selected_by": groups[number][0],  # the searched trial's own value: optimistic for it
+        "ranking": [  # the same ranking's first few: what `--print-best --rank K` re-trains
+            {"trial": key, "value": selection.score(scored[key]), "params": trials[key].params}
+            for key in ranked[:RANKED]
+        ],
     }
 
 
