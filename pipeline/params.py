@@ -205,6 +205,7 @@ class Tune(_Section):
     confirm_top: int = Field(3, ge=0)  # the best trials re-trained on more seeds before naming the best
     confirm_seeds: int = Field(2, ge=0)  # more seeds for each of them
     overrides: dict[str, Any] = {}  # applied to every trial: the search's budget
+    confirm_overrides: dict[str, Any] = {}  # then to the confirming trials: their budget, if another
     space: dict[str, Dimension] = Field(default_factory=dict)
 
 
@@ -220,10 +221,15 @@ class Params(_Section):
     @model_validator(mode="after")
     def _searchable(self) -> Params:
         known = {k: v for k, v in flatten(self).items() if not k.startswith("tune.")}
-        for section in ("space", "overrides"):
+        for section in ("space", "overrides", "confirm_overrides"):
             for key in getattr(self.tune, section):
                 if key not in known:
                     raise ValueError(f"tune.{section}: {key!r} is not a params.yaml key outside tune")
+        for key in self.tune.confirm_overrides:
+            if key in self.tune.space:
+                raise ValueError(
+                    f"tune.confirm_overrides: {key!r} is searched; a confirming trial keeps its value"
+                )
         for key, dimension in self.tune.space.items():
             current = known[key]
             if dimension.choices is None and (

@@ -106,10 +106,12 @@ def resolve_params(args: argparse.Namespace) -> tuple[dict[str, Any], Params]:
     raw = with_overrides(read_params(), {**budget, **overrides})
     params = parse_params(raw)
     check_space(raw, params.tune.space)
+    if params.tune.confirm_overrides:
+        check_space(with_overrides(raw, params.tune.confirm_overrides), params.tune.space, "confirming")
     return raw, params
 
 
-def check_space(raw: dict[str, Any], space: dict[str, Dimension]) -> None:
+def check_space(raw: dict[str, Any], space: dict[str, Dimension], trials: str = "trials") -> None:
     """Stop before any trial if a searched value cannot run at the trials' budget (a warm-up as long
     as the trial), rather than fail every trial that draws it."""
     for key, dim in space.items():
@@ -117,7 +119,7 @@ def check_space(raw: dict[str, Any], space: dict[str, Dimension]) -> None:
             try:
                 parse_params(with_overrides(raw, {key: value}))
             except ParamsError as error:
-                raise ParamsError(f"tune.space: {key} = {value} at the trials' budget: {error}") from None
+                raise ParamsError(f"tune.space: {key} = {value} at the {trials}' budget: {error}") from None
 
 
 def plan(tune: Tune, trials_left: int) -> tuple[int, int]:

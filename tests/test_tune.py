@@ -297,6 +297,44 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_once(repo, postg
     assert retry.params == killed.params
 
 
+def test_confirming_trials_run_at_their_own_budget(repo):
+    """Slow: two searched trials of 2 epochs, the better confirmed at 3 epochs on another seed."""
+    confirm = ["-S", "tune.pruner=none", "-S", "tune.confirm_top=1", "-S", "tune.confirm_seeds=1"]
+    tune(
+        repo,
+        "--n-trials",
+        "2",
+        "--study-name",
+        "fidelity",
+        *confirm,
+        "-S",
+        "tune.confirm_overrides={train.epochs: 3}",
+    )
+    study = journal_study(repo, "fidelity")
+    studies = JournalStorage(JournalFileBackend(str(repo / "optuna/journal.log")))
+    before = set(optuna.get_all_study_names(studies))
+    (replicate,) = [t for t in study.trials if "replicate_of" in t.user_attrs]
+    client = store(repo)
+    epochs = {
+        int(run.data.tags["optuna.trial_number"]): (
+            run.data.params["train.epochs"],
+            len(client.get_metric_history(run.info.run_id, "loss/val")),
+        )
+        for run in child_runs(repo, study)
+    }
+    searched = [t.number for t in study.trials if t is not replicate]
+    assert epochs == {**{number: ("2", 2) for number in searched}, replicate.number: ("3", 3)}
+    # Ranked on the confirming budget: the best's value is the 3-epoch one.
+    summary = json.loads((repo / "sweep/summary.json").read_text())
+    assert summary["best_values"] == [replicate.value] and summary["best_confirmed"]
+    # Another confirming budget is another study; a searched key cannot be given one.
+    tune(repo, "--n-trials", "1", "--study-name", "fidelity", *confirm)
+    assert len(set(optuna.get_all_study_names(studies)) - before) == 1
+    result = tune(repo, "-S", "tune.confirm_overrides={model.latent_dim: 3}", check=False)
+    assert result.returncode != 0
+    assert "tune.confirm_overrides: 'model.latent_dim' is searched" in result.stderr
+
+
 def test_sweep_confirms_its_best_trials_on_more_seeds(repo, tmp_path):
     """Slow: a real sweep of three trials, then two confirming trials, each a training."""
     confirm = ["-S", "tune.pruner=none", "-S", "tune.confirm_top=2", "-S", "tune.confirm_seeds=1"]

@@ -54,7 +54,11 @@ def study_settings(params: Params) -> dict[str, Any]:
         "sampler": tune.sampler,
         "seed": sampler_seed(params),
         "pruner": [tune.pruner, tune.pruner_startup_trials, tune.pruner_warmup_epochs],
-        "confirm": [tune.confirm_top, tune.confirm_seeds],
+        "confirm": [
+            tune.confirm_top,
+            tune.confirm_seeds,
+            *([tune.confirm_overrides] if tune.confirm_overrides else []),
+        ],
         # Only where it is not the default, so that studies drawn before the key keep their identity.
         **({"objective": tune.objective} if tune.objective != "val_loss" else {}),
     }

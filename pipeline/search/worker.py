@@ -87,14 +87,15 @@ def objective(
     from pipeline.tracking import callbacks
     from pipeline.training import TrainingError, fit_vae
 
-    values = suggest(trial, parse_params(raw).tune.space)
+    tune = parse_params(raw).tune
+    values = suggest(trial, tune.space)
     replicate_of = trial.user_attrs.get(REPLICATE_OF)
     if replicate_of is not None:  # a confirming trial: the same values, another seed, never pruned
         earlier = duplicate_of(trial.study, trial)
         if earlier is not None:
             trial.set_user_attr("duplicate_of", earlier)
             raise optuna.TrialPruned(f"trial {earlier} runs this configuration and seed")
-        values[SEED] = trial.user_attrs[SEED]
+        values.update({**tune.confirm_overrides, SEED: trial.user_attrs[SEED]})  # and its budget
         tags = {**tags, "optuna.replicate_of": str(replicate_of)}
     params = parse_params(with_overrides(raw, values))
     train_images, val_images, data_digest = load_images(params.data, params.base.seed)
