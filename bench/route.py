@@ -48,6 +48,7 @@ from collapse import results, run_queue, spread
 from replicates import clone_env, dvc, make_clone
 
 from pipeline.params import PipelineError, parse_override, read_yaml
+from pipeline.search.best import RANKED
 
 ROUTE_SEED = 42  # train.seed: the sweep's trials (their confirming seeds follow it) and the re-train
 PARTS = ("sweep", "confirm", "retrain")
@@ -75,17 +76,20 @@ def route_arg(text: str) -> tuple[str, dict[str, object]]:
         raise argparse.ArgumentTypeError(f"a route's name is letters, digits, - and _: got {name!r}")
     settings = dict(setting(part) for part in rest.split(";") if part.strip())
     top = settings.get(TOP, 1)
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        raise argparse.ArgumentTypeError(f"{TOP}: a whole number from 1, got {top!r}")
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= RANKED:
+        raise argparse.ArgumentTypeError(f"{TOP}: a whole number from 1 to {RANKED}, got {top!r}")
     return name, settings
 
 
 def print_best(clone: Path, rank: int) -> list[str]:
     """`python -m pipeline.tune --print-best --rank rank` in the clone: `-S` arguments."""
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "pipeline.tune", "--print-best", "--rank", str(rank)],
-        cwd=clone, env=clone_env(), capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+        cwd=clone, env=clone_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    if result.returncode:
+        raise SystemExit(f"route: {clone.name}: {result.stderr.strip()}")
+    return result.stdout.split()
 
 
 def balanced_order(routes: list[str], sampler_seeds: list[int]) -> list[tuple[str, int]]:
@@ -122,13 +126,13 @@ def run_route(clone: Path, settings: dict[str, object], top: int = 1) -> dict:
     dvc(["repro", "sweep/dvc.yaml"], clone)
     sweep_wall = time.perf_counter() - start
     summary = json.loads((clone / "sweep/summary.json").read_text())
+    ranked = [print_best(clone, rank) for rank in range(1, top + 1)]  # all there before any work
     start = time.perf_counter()
     if top == 1:
-        dvc(["exp", "run", "-n", "route-best", *print_best(clone, 1)], clone)
+        dvc(["exp", "run", "-n", "route-best", *ranked[0]], clone)
     else:
-        for rank in range(1, top + 1):
-            args = [*print_best(clone, rank), "-S", "train.threads=1"]
-            dvc(["exp", "run", "--queue", "-n", f"route-best-{rank}", *args], clone)
+        for rank, args in enumerate(ranked, 1):
+            dvc(["exp", "run", "--queue", "-n", f"route-best-{rank}", *args, "-S", "train.threads=1"], clone)
         run_queue(clone, top)
     retrain_wall = time.perf_counter() - start
     confirm = summary.get("confirm_seconds") or 0.0
@@ -272,11 +276,9 @@ def report(routes: dict, runs: dict, seeds: list[int], cores: int, fresh_wall: f
         if "retrained" in run:
             rows = run["retrained"].items()
             print(
-                f"{'':<16} re-trained side by side, rank: val(42) test(42): "
-                + ", ".join(
-                    f"{k}: {r['val_loss']:.2f} {r['test_loss']:.2f}" if r else f"{k}: failed" for k, r in rows
-                )
-                + f"; kept rank {run.get('kept')}, the lowest val_loss"
+                f"{'':<16} re-trained side by side, val(42) by rank: "
+                + ", ".join(f"{k}: {r['val_loss']:.2f}" if r else f"{k}: failed" for k, r in rows)
+                + f"; kept rank {run.get('kept')}, the lowest (a selection score; test(42) above is its)"
             )
     print(
         "minutes; the sweep is `dvc repro sweep/dvc.yaml` (DVC's and tune's start and the study's figures "

@@ -226,9 +226,9 @@ class Params(_Section):
                 if key not in known:
                     raise ValueError(f"tune.{section}: {key!r} is not a params.yaml key outside tune")
         for key in self.tune.confirm_overrides:
-            if key in self.tune.space:
+            if key in self.tune.space or key in ("train.seed", "base.seed"):
                 raise ValueError(
-                    f"tune.confirm_overrides: {key!r} is searched; a confirming trial keeps its value"
+                    f"tune.confirm_overrides: {key!r} is searched or a seed; a confirming trial keeps it"
                 )
         for key, dimension in self.tune.space.items():
             current = known[key]

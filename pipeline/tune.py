@@ -69,7 +69,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rank",
         type=rank_arg,
-        default=1,
         help="with --print-best: the configuration ranked K-th instead (sweep/summary.json's ranking)",
     )
     return parser.parse_args(argv)
@@ -107,7 +106,12 @@ def resolve_params(args: argparse.Namespace) -> tuple[dict[str, Any], Params]:
     params = parse_params(raw)
     check_space(raw, params.tune.space)
     if params.tune.confirm_overrides:
-        check_space(with_overrides(raw, params.tune.confirm_overrides), params.tune.space, "confirming")
+        confirming = with_overrides(raw, params.tune.confirm_overrides)
+        try:
+            parse_params(confirming)
+        except ParamsError as error:
+            raise ParamsError(f"tune.confirm_overrides: {error}") from None
+        check_space(confirming, params.tune.space, "confirming trials")
     return raw, params
 
 
@@ -223,7 +227,8 @@ def describe_best(summary: dict[str, Any], monitor: str) -> str:
     confirmed = summary.get("confirmed_trials", 1)
     members = "members of the rate-distortion front" if "front" in summary else "trials"
     among = f", the lowest of {confirmed} confirmed {members}" if confirmed > 1 else ""
-    selected = f"trial {trial}, selected at {summary['best_selected_by']:.3f}"
+    budget = " at the trials' budget" if summary.get("confirm_overrides") else ""
+    selected = f"trial {trial}, selected at {summary['best_selected_by']:.3f}{budget}"
     return (
         f"selection score: {monitor} {value}{spread} over {n} other seed{'s' * (n != 1)}{among} ({selected})"
     )
@@ -279,18 +284,23 @@ def dvc_args(path: Path = BEST_PARAMS) -> str:
 
 def ranked_args(rank: int, path: Path = SUMMARY) -> str:
     """`-S key=value ...` for the configuration the sweep's summary ranks `rank`-th."""
-    ranking = json.loads(path.read_text()).get("ranking", []) if path.exists() else []
+    if not path.exists():
+        raise ParamsError(f"--rank: no {path}; run the sweep first")
+    ranking = json.loads(path.read_text()).get("ranking", [])
     if rank > len(ranking):
-        raise ParamsError(f"--rank {rank}: {path} ranks {len(ranking)} configurations")
+        raise ParamsError(
+            f"--rank {rank}: {path} ranks {len(ranking)} configurations (once any trial is confirmed, "
+            "the confirmed ones that did not diverge; tune.confirm_top confirms more)"
+        )
     return " ".join(f"-S {key}={value}" for key, value in ranking[rank - 1]["params"].items())
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.rank > 1 and not args.print_best:
+    if args.rank is not None and not args.print_best:
         raise ParamsError("--rank: only with --print-best")
     if args.print_best:
-        print(dvc_args() if args.rank == 1 else ranked_args(args.rank))
+        print(dvc_args() if args.rank in (None, 1) else ranked_args(args.rank))
         return
     raw, params = resolve_params(args)
     tune = params.tune
@@ -340,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
         seconds = round(time.monotonic() - started, 1)
         # This session's wall time, and the confirming's part of it (None: no confirming ran).
         summary = {**best.summarise(study), "seconds": seconds, "confirm_seconds": confirm_seconds}
+        if tune.confirm_overrides:  # the confirming trials' budget, which their values are at
+            summary["confirm_overrides"] = tune.confirm_overrides
         # Stopped or failed, it ends at once: the figures wait for the run that finishes the study.
         figures = best.study_figures(study, tune.space) if status == "FINISHED" else {}
         tables = {FRONT_TABLE: front_table(summary["front"])} if summary.get("front") else {}

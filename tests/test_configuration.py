@@ -109,3 +109,19 @@ def test_a_sampler_seed_draws_another_study_and_null_keeps_the_base_seeds():
     assert study_settings(drawn) != study_settings(defaults)
     with pytest.raises(Exception, match=r"tune\.sampler_seed"):
         parse_params(with_overrides(raw, {"tune.sampler_seed": -1}))
+
+
+def test_a_confirming_budget_draws_another_study_and_none_keeps_the_old_ones():
+    """`tune.confirm_overrides` is part of the confirming, so of the study's settings, only where set:
+    the studies drawn before the key keep their names. A searched key or a seed is refused."""
+    from pipeline.search.study import settings_digest, study_settings
+
+    defaults = Params()
+    assert study_settings(defaults)["confirm"] == [3, 2]
+    raw = defaults.model_dump()
+    longer = parse_params(with_overrides(raw, {"tune.confirm_overrides": {"train.epochs": 20}}))
+    assert study_settings(longer)["confirm"] == [3, 2, {"train.epochs": 20}]
+    assert settings_digest(study_settings(longer)) != settings_digest(study_settings(defaults))
+    for key in ("train.seed", "base.seed"):  # a searched key: tests/test_tune.py
+        with pytest.raises(Exception, match=rf"tune\.confirm_overrides: '{key}' is searched or a seed"):
+            parse_params(with_overrides(raw, {"tune.confirm_overrides": {key: 3}}))

@@ -18,6 +18,8 @@ def test_light_commands_import_no_tensorflow():
     assert run([sys.executable, "-c", probe], ROOT).stdout.strip() == "[]"
     result = run([sys.executable, "-m", "pipeline.tune", "--print-best"], ROOT)
     assert result.stdout.startswith("-S model.") and " -S model.latent_dim=" in result.stdout
+    alone = run([sys.executable, "-m", "pipeline.tune", "--rank", "1"], ROOT, check=False)
+    assert alone.returncode != 0 and "--rank: only with --print-best" in alone.stderr
 
 
 def test_a_runner_starts_tensorflow_quietly_and_importing_the_package_does_not():

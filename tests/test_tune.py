@@ -324,6 +324,11 @@ def test_confirming_trials_run_at_their_own_budget(repo):
     }
     searched = [t.number for t in study.trials if t is not replicate]
     assert epochs == {**{number: ("2", 2) for number in searched}, replicate.number: ("3", 3)}
+    configs = {
+        int(r.data.tags["optuna.trial_number"]): r.data.tags["pipeline.config_id"]
+        for r in child_runs(repo, study)
+    }
+    assert configs[replicate.number] != configs[replicate.user_attrs["replicate_of"]]  # another budget
     # Ranked on the confirming budget: the best's value is the 3-epoch one.
     summary = json.loads((repo / "sweep/summary.json").read_text())
     assert summary["best_values"] == [replicate.value] and summary["best_confirmed"]
@@ -333,6 +338,8 @@ def test_confirming_trials_run_at_their_own_budget(repo):
     result = tune(repo, "-S", "tune.confirm_overrides={model.latent_dim: 3}", check=False)
     assert result.returncode != 0
     assert "tune.confirm_overrides: 'model.latent_dim' is searched" in result.stderr
+    result = tune(repo, "-S", "tune.confirm_overrides={train.epochs: 0}", check=False)
+    assert result.returncode != 0 and "tune.confirm_overrides: train.epochs" in result.stderr
 
 
 def test_sweep_confirms_its_best_trials_on_more_seeds(repo, tmp_path):
@@ -368,6 +375,7 @@ def test_sweep_confirms_its_best_trials_on_more_seeds(repo, tmp_path):
     # The same ranking's runner-up, for re-training the two best side by side; no third was confirmed.
     (other,) = [t for t in top if t is not best]
     assert [row["trial"] for row in summary["ranking"]] == [best.number, other.number]
+    assert [row["value"] for row in summary["ranking"]] == pytest.approx([mean(best), mean(other)])
     second = run(["python", "-m", "pipeline.tune", "--print-best", "--rank", "2"], repo).stdout.split()
     assert f"model.latent_dim={other.params['model.latent_dim']}" in second[1::2]
     assert second[1::2] != overrides[1::2]

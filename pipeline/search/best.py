@@ -192,9 +192,10 @@ def best_configuration(study: optuna.Study) -> dict[str, Any] | None:
         "best_confirmed": len(groups[number]) > 1,  # then best_values leave out the selecting seed
         "confirmed_trials": len([values for values in groups.values() if len(values) > 1]),
         "best_selected_by": groups[number][0],  # the searched trial's own value: optimistic for it
-        "ranking": [  # the same ranking's first few: what `--print-best --rank K` re-trains
+        "ranking": [  # the same ranking's first few that did not diverge: for `--print-best --rank K`
             {"trial": key, "value": selection.score(scored[key]), "params": trials[key].params}
             for key in ranked[:RANKED]
+            if math.isfinite(selection.score(scored[key]))
         ],
     }
 
