@@ -5,7 +5,7 @@ the re-train of its best; then that best on seeds that chose nothing.
     python bench/route.py --route today \\
         --route 'short:tune.overrides={train.epochs: 3};tune.confirm_seeds=1'   # two routes, balanced
     python bench/route.py --route today \\
-        --route 'top2:tune.overrides={train.epochs: 3};tune.confirm_seeds=0;top=2'   # the best two re-trained
+        --route 'top2:tune.overrides={train.epochs: 3};tune.confirm_top=0;top=2'   # the best two re-trained
     python bench/route.py --tune n_trials=2 --tune confirm_top=0 --sampler-seeds 1 \\
         --tune 'overrides={train.epochs: 1, data.train_size: 500}' \\
         --epochs 1 --train-size 500 --test-size 500 --seeds 1 2     # a quick look
@@ -22,12 +22,14 @@ settings (and `--tune`, `--epochs`, `--train-size`, `--test-size`) in params.yam
 2. `dvc exp run $(python -m pipeline.tune --print-best)`: the re-train, the whole pipeline
    (train, evaluate, plot) as the README's route runs it. With `top=K`: the K best
    (`--print-best --rank k`) queued with one thread each and run side by side
-   (`dvc queue start -j K`), the lowest `val_loss` kept; all of it timed as the re-train.
+   (`dvc queue start -j K`), the lowest `val_loss` kept; the queue and its runs timed as the
+   re-train (the ranks read before).
 Nothing else runs while these are timed. Then, untimed, every route run's best on each of
 `--seeds` (seeds no sweep or choice used), with the route's own settings, through one DVC queue
 `-j C` (C usable cores) with one thread each. It prints each part's wall time, the fresh seeds'
 `val_loss` and `test_loss` (n, mean ± sd), and against the first route: the wall time's ratio
-and the `test_loss` difference paired by sampler seed and fresh seed (paired t-test, n).
+and the `test_loss` difference of each draw's mean over its fresh seeds, paired by draw
+(paired t-test, n draws).
 """
 
 from __future__ import annotations
@@ -278,7 +280,8 @@ def report(routes: dict, runs: dict, seeds: list[int], cores: int, fresh_wall: f
             print(
                 f"{'':<16} re-trained side by side, val(42) by rank: "
                 + ", ".join(f"{k}: {r['val_loss']:.2f}" if r else f"{k}: failed" for k, r in rows)
-                + f"; kept rank {run.get('kept')}, the lowest (a selection score; test(42) above is its)"
+                + f"; kept rank {run.get('kept')}, the lowest (a selection score); "
+                "its test(42) is in the row above"
             )
     print(
         "minutes; the sweep is `dvc repro sweep/dvc.yaml` (DVC's and tune's start and the study's figures "
