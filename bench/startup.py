@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "evaluate", "plot", "tune")
-WITH_TF = ("train", "evaluate", "plot")  # `run_stage(main, tensorflow=True)`; tune's workers start it too
+WITH_TF = ("train", "evaluate", "plot")  # `run_stage(main, keras=True)`; tune's workers start it too
 HEAVY = ("tensorflow", "keras", "mlflow", "optuna", "matplotlib", "sklearn", "scipy")
 
 STORE = """

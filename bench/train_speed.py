@@ -2,6 +2,7 @@
 
     python bench/train_speed.py                       # all 55,000 training images, 5 epochs
     python bench/train_speed.py --epochs 2 --train-size 2000   # a quick look
+    python bench/train_speed.py --variants untracked jax        # TensorFlow against JAX
 
 Every variant runs in its own process on the same prepared data (the real `prepare` stage
 in a scratch copy of the project, default `params.yaml` but for `--epochs`/`--train-size`):
@@ -9,7 +10,9 @@ in a scratch copy of the project, default `params.yaml` but for `--epochs`/`--tr
 - `baseline`: `baseline.py`, the seed written plainly: float32 NumPy arrays and `model.fit`
   with default settings, batch 100;
 - `stage`: `python -m pipeline.train` itself, MLflow logging on;
-- `untracked`: the stage's training (`fit_vae` with its checkpoint callbacks), MLflow off.
+- `untracked`: the stage's training (`fit_vae` with its checkpoint callbacks), MLflow off;
+- `jax`: the same on Keras' JAX backend (the `jax` extra; on a GPU where JAX finds one). It needs
+  no TensorFlow, so `--variants jax` runs where JAX alone is installed.
 
 The variants run in turn, `--rounds` times. The marginal time per epoch is the median
 interval between epoch ends after each run's first, so start-up and the first epoch's
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("baseline", "stage", "untracked")
+VARIANTS = ("baseline", "stage", "untracked", "jax")
 
 
 def epoch_seconds(epoch_ends: list[float]) -> list[float]:
@@ -71,9 +74,9 @@ def child(variant: str, workspace: Path) -> None:
     """Train one variant in this process and write its epoch ends and final validation loss."""
     os.chdir(workspace)
     sys.path.insert(0, str(workspace))
-    from pipeline.quiet import start_tensorflow
+    from pipeline.backend import start
 
-    start_tensorflow()  # as the stage does: its start-up notices off the console
+    start("jax" if variant == "jax" else "tensorflow")  # as the stage does, before Keras
     import keras
 
     from pipeline import data
@@ -186,7 +189,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="epochs per variant (at least 2)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each variant, interleaved")
     parser.add_argument("--train-size", type=int, default=None, help="training images (default: all)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS[:3]))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--workspace", type=Path, help=argparse.SUPPRESS)

@@ -8,9 +8,11 @@ runs by `config_id`, and nothing else decides it. The id is a digest of
 
 A key at its default is left out, so adding a key whose default keeps today's numbers keeps every
 existing id. Left out as well: the training seed (what replicates differ in), settings that change
-no number (threads, steps per compiled call, tracking, plotting, the search's own settings, where
-the data files lie), and settings that another choice makes inert (the plateau keys under another
-schedule).
+no number (steps per compiled call, tracking, plotting, the search's own settings, where the data
+files lie), how the numbers are computed (the thread count and Keras' backend: they change the
+rounding, and the backend the random streams, so a run's numbers but not what it trains), and
+settings that another choice makes inert (the plateau keys under another schedule). Runs of one
+configuration on two backends are replicates; `env.keras_backend` tells them apart.
 
 The code that shapes the numbers is not in the id: `code_digest` gives it a tag of its own, and
 `compare` says when one configuration's runs come from different code.
@@ -26,10 +28,12 @@ from typing import Any
 
 from pipeline.params import Params, flatten, parse_params, with_overrides
 
-# Settings that change no number a run gets, or (the seed) tell replicates apart.
+# Settings that change no number a run gets, only how it is computed, or (the seed) tell
+# replicates apart.
 NO_EFFECT = (
     "train.seed",
     "train.threads",
+    "base.backend",
     "train.steps_per_execution",  # batches per compiled call: the same updates
     "data.source",  # where the files lie: the data's digest says what they hold
     "data.url",

@@ -14,7 +14,7 @@ from pipeline.params import read_yaml
 LOCK = Path("uv.lock")
 PREFIX = "env."  # of the tags `environment_tags` makes
 # The packages whose versions can change a run's numbers, or how it was recorded.
-PACKAGES = ("tensorflow", "keras", "mlflow", "dvc", "optuna", "numpy")
+PACKAGES = ("tensorflow", "jax", "keras", "mlflow", "dvc", "optuna", "numpy")
 # Instruction sets that decide which kernels TensorFlow's oneDNN runs, and so the last digits.
 ISA = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
@@ -56,6 +56,15 @@ def gpu_names() -> list[str]:
         pynvml.nvmlShutdown()
 
 
+def visible_gpus() -> list[str]:
+    """The CUDA ids of the NVIDIA GPUs this process may use: those CUDA_VISIBLE_DEVICES names
+    where it is set, else every GPU NVML finds (none without the `gpu` or `jax-cuda` extra)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [device.strip() for device in visible.split(",") if device.strip() not in ("", "-1")]
+    return [str(i) for i in range(len(gpu_names()))]
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -65,14 +74,22 @@ def environment_tags(lock: Path = LOCK) -> dict[str, str]:
     """`env.*` tags: Python and package versions, the lock file's SHA-256, and the machine."""
     import psutil
 
-    tags = {"python": platform.python_version()}
+    tags = {
+        "python": platform.python_version(),
+        "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+    }
     for package in PACKAGES:
         try:
             tags[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             tags[package] = "not installed"
     cpu = cpu_info()
-    gpus = gpu_names()
+    names = gpu_names()
+    # The GPUs this process may use, by the ids CUDA_VISIBLE_DEVICES gives (in PCI order, which
+    # `tune` sets for its workers); the machine's others are not its.
+    gpus = (
+        [names[int(i)] if i.isdigit() and int(i) < len(names) else i for i in visible_gpus()] if names else []
+    )
     tags.update(
         {
             "lock_sha256": file_sha256(lock) if lock.is_file() else f"no {lock}",

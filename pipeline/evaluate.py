@@ -121,4 +121,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, tensorflow=True)
+    run_stage(main, keras=True)

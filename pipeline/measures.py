@@ -6,10 +6,10 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 from sklearn.neighbors import KNeighborsClassifier
 
+from pipeline.backend import compiled
 from pipeline.model import kl_divergence, reconstruction_loss
 
 LOG_2PI = math.log(2 * math.pi)
@@ -48,7 +48,7 @@ def importance_weighted_nll(
     the k samples of `batch_size // k` images (of one image when k is larger).
     """
 
-    @tf.function(reduce_retracing=True)
+    @compiled
     def bound(x, mu, logvar, eps):  # eps: (k, b, latent)
         z = mu + ops.exp(0.5 * logvar) * eps
         logits = decoder(ops.reshape(z, (-1, ops.shape(z)[-1])), training=False)

@@ -1,14 +1,18 @@
 """The convolutional VAE: loss math, a registered sampling layer, encoder, decoder; its input batches,
-encoding, saving and loading."""
+encoding, saving and loading.
+
+Written with `keras.ops` and trained by Keras' own `fit`, which takes the gradients of
+`VAE.compute_loss`: the same model on every Keras backend (`pipeline.backend`).
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers, ops
 
 from pipeline.params import IMAGE_SIDE, Model, Train
@@ -109,7 +113,8 @@ class VAE(keras.Model):
     unit's batch-mean KL counted as at least `free_bits` nats (Kingma et al. 2016). Any of them
     times `kl_weight`, the beta of a beta-VAE (Higgins et al. 2017): below 1 the model codes more
     and reconstructs better, above 1 the reverse, a point elsewhere on the rate-distortion plane.
-    Calling the model returns the deterministic reconstruction sigmoid(decode(mu)).
+    Calling the model returns the deterministic reconstruction sigmoid(decode(mu)); training
+    minimises `compute_loss`, which samples z itself, so `fit` runs on every backend.
     """
 
     def __init__(
@@ -130,6 +135,13 @@ class VAE(keras.Model):
         self.free_bits = free_bits
         self.kl_weight = kl_weight
         self.sampling = Sampling(seed=seed, name="sampling")
+        if kl_warmup_steps:
+            # The warm-up's clock, a variable of the model so that every backend's training
+            # step updates it (and a checkpoint carries it): the optimizer steps taken so far.
+            self.kl_steps = self.add_weight(
+                name="kl_steps", shape=(), initializer="zeros", trainable=False, dtype="float32"
+            )
+        self.logs_objective = False  # whether the step being traced trains (and logs `objective`)
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.objective_tracker = keras.metrics.Mean(name="objective")
@@ -153,46 +165,42 @@ class VAE(keras.Model):
         mu, _ = self.encoder(x, training=training)
         return ops.sigmoid(self.decoder(mu, training=training))
 
-    def loss_parts(self, x, training: bool):
-        """Batch means of (negative ELBO, reconstruction, KL) with one sampled z, and the objective
-        training minimises (the negative ELBO itself unless `reshaped`)."""
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The batch mean of what training minimises, with one sampled z: the negative ELBO, or
+        the objective when `reshaped`. It updates the trackers that `compute_metrics` reports.
+
+        `y_pred`, the deterministic reconstruction, is not used: the loss decodes a sampled z.
+        """
         mu, logvar = self.encoder(x, training=training)
         logits = self.decoder(self.sampling([mu, logvar]), training=training)
         reconstruction = ops.mean(reconstruction_loss(x, logits))
         kl = ops.mean(kl_divergence(mu, logvar))
+        self.reconstruction_tracker.update_state(reconstruction)
+        self.kl_tracker.update_state(kl)
+        self.logs_objective = training and self.reshaped
         if not self.reshaped:
-            return reconstruction + kl, reconstruction, kl, reconstruction + kl
+            return reconstruction + kl
         counted = ops.sum(ops.maximum(kl_per_unit(mu, logvar), self.free_bits)) if self.free_bits else kl
         weight = self.kl_weight
         if self.kl_warmup_steps:
-            steps = ops.cast(self.optimizer.iterations, "float32")
-            weight = self.kl_weight * ops.minimum(1.0, steps / float(self.kl_warmup_steps))
-        return reconstruction + kl, reconstruction, kl, reconstruction + weight * counted
+            weight = self.kl_weight * ops.minimum(1.0, self.kl_steps / float(self.kl_warmup_steps))
+            if training:
+                self.kl_steps.assign_add(1.0)
+        objective = reconstruction + weight * counted
+        if training:
+            self.objective_tracker.update_state(objective)
+        return objective
 
-    def _record(self, reconstruction, kl) -> dict:
+    def compute_metrics(self, x, y, y_pred, sample_weight=None) -> dict:
+        """The logs of a step: the running means of the negative ELBO and its parts, and in
+        training the objective's where it differs."""
         # The reported loss is the sum of the two running means: the same number as a running
         # mean of the totals, but a separate tracker for it wobbled by one ulp between runs.
-        self.reconstruction_tracker.update_state(reconstruction)
-        self.kl_tracker.update_state(kl)
         reconstruction, kl = self.reconstruction_tracker.result(), self.kl_tracker.result()
-        return {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}
-
-    def train_step(self, data):
-        x = data[0] if isinstance(data, tuple) else data
-        with tf.GradientTape() as tape:
-            _, reconstruction, kl, objective = self.loss_parts(x, training=True)
-        grads = tape.gradient(objective, self.trainable_weights)
-        self.optimizer.apply(grads, self.trainable_weights)
-        logs = self._record(reconstruction, kl)
-        if self.reshaped:
-            self.objective_tracker.update_state(objective)
+        logs = {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}
+        if self.logs_objective:
             logs["objective"] = self.objective_tracker.result()
         return logs
-
-    def test_step(self, data):
-        x = data[0] if isinstance(data, tuple) else data
-        _, reconstruction, kl, _ = self.loss_parts(x, training=False)
-        return self._record(reconstruction, kl)
 
     def get_config(self) -> dict:
         return {
@@ -264,12 +272,49 @@ def save_vae(vae: VAE, path: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def batches(images: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
+class Batches(keras.utils.PyDataset):
+    """uint8 images `(n, 28, 28)` -> float32 batches `(b, 28, 28, 1)` in [0, 1], for any backend.
+
+    With `shuffle_seed`, epoch e's order is a permutation drawn from (seed, e): a training's
+    callback sets `epoch` as each begins, so a resumed fit goes on in the same order.
+    """
+
+    def __init__(self, images: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None):
+        super().__init__()
+        self.images, self.batch_size, self.shuffle_seed = images, batch_size, shuffle_seed
+        self.epoch = 0
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def order(self) -> np.ndarray:
+        """This epoch's permutation of the rows."""
+        if self._order is None or self._order[0] != self.epoch:
+            rng = np.random.default_rng([self.shuffle_seed, self.epoch])
+            self._order = (self.epoch, rng.permutation(len(self.images)))
+        return self._order[1]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        if self.shuffle_seed is not None:
+            rows = self.order()[rows]
+        return self.images[rows].astype(np.float32)[..., None] / 255.0  # as data.to_model_input
+
+
+def batches(images: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None):
     """uint8 images `(n, 28, 28)` -> float32 batches `(b, 28, 28, 1)` in [0, 1].
 
     The data set stays uint8, a quarter of its float size; each batch is gathered and scaled
     when it is needed. With `shuffle_seed`, every pass draws a new seeded order.
+
+    On TensorFlow, a `tf.data` pipeline, which the committed numbers used; on another backend,
+    `Batches`.
     """
+    if keras.backend.backend() != "tensorflow":
+        return Batches(images, batch_size, shuffle_seed=shuffle_seed)
+    import tensorflow as tf
+
     stored = tf.constant(images)
     indices = tf.data.Dataset.range(len(images))
     if shuffle_seed is not None:

@@ -40,6 +40,7 @@ class Tracking(_Section):
 
 class Base(_Section):
     seed: int = Field(42, ge=0)  # the validation split, and evaluation's and plotting's sampling
+    backend: Literal["tensorflow", "jax"] = "tensorflow"  # Keras' backend for every stage and trial
     tracking: Tracking = Tracking()
 
 
@@ -191,6 +192,7 @@ class Tune(_Section):
     # so that workers x threads fit the cores; `threads: 0` leaves TensorFlow's own default.
     workers: Annotated[int | str, _auto_or(1, 64)] = "auto"
     threads: Annotated[int | str, _auto_or(0, 256)] = "auto"
+    trials_per_gpu: int = Field(4, ge=1, le=64)  # where GPUs are, `auto` workers: this many per GPU
     # val_loss: one objective, the validation negative ELBO. rate_distortion: two, its parts (the
     # KL and the reconstruction term), and the study's answer is their Pareto front.
     objective: Literal["val_loss", "rate_distortion"] = "val_loss"
@@ -225,6 +227,8 @@ class Params(_Section):
             for key in getattr(self.tune, section):
                 if key not in known:
                     raise ValueError(f"tune.{section}: {key!r} is not a params.yaml key outside tune")
+                if key == "base.backend":  # a worker process runs one backend
+                    raise ValueError(f"tune.{section}: base.backend is the sweep's, set it under base")
         for key in self.tune.confirm_overrides:
             if key in self.tune.space or key in ("train.seed", "base.seed"):
                 raise ValueError(

@@ -168,4 +168,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, tensorflow=True)
+    run_stage(main, keras=True)

@@ -1,5 +1,5 @@
 """Running a stage or command: a user's mistake becomes one line and exit 2; SIGTERM ends runs as Ctrl-C
-does; TensorFlow, where the stage uses it, starts without its start-up notices."""
+does; Keras' backend, where the stage uses Keras, starts first (TensorFlow without its start-up notices)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Iterator
 
 from pipeline.params import PipelineError
-from pipeline.quiet import start_tensorflow
 
 STOPPED = threading.Event()  # set by SIGTERM or Ctrl-C; see `interrupt`
 _deferred = 0  # how deep the main thread (where Python runs handlers) is in `interrupt_at_safe_points`
@@ -84,7 +83,7 @@ def no_arguments(module: str) -> None:
     ).parse_args()
 
 
-def run_stage(main: Callable[[], None], *, tensorflow: bool = False) -> None:
+def run_stage(main: Callable[[], None], *, keras: bool = False) -> None:
     """Run a stage's `main`: a PipelineError becomes one line on stderr and exit status 2;
     SIGTERM, like Ctrl-C, interrupts it so that open runs are closed as KILLED.
 
@@ -92,15 +91,20 @@ def run_stage(main: Callable[[], None], *, tensorflow: bool = False) -> None:
     line answers `--help` and refuses anything else before any work (`no_arguments`). One that
     takes `argv` parses its own.
 
-    With `tensorflow`, TensorFlow is started quietly first: such a stage imports the modules
-    that use it inside `main`, so that nothing imports it before.
+    With `keras`, Keras' backend (`base.backend`, with `train.threads`) is started first: such a
+    stage imports the modules that use Keras inside `main`, so that nothing imports it before.
+    `main` finds the backend's tags in `backend.TAGS`.
     """
     if not inspect.signature(main).parameters:
         no_arguments(main.__module__)
     catch_sigterm()
     try:
-        if tensorflow:
-            start_tensorflow()
+        if keras:
+            from pipeline import backend
+            from pipeline.params import load_params
+
+            params = load_params()
+            backend.TAGS.update(backend.start(params.base.backend, threads=params.train.threads))
         main()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -60,15 +60,15 @@ def epoch_images(params: Params, val: data.Split, logged: frozenset[tuple[str, i
 
 
 def main() -> None:
-    # TensorFlow's modules, once `run_stage` has started it quietly
+    # Keras' modules, once `run_stage` has started its backend
     import keras
 
+    from pipeline.backend import TAGS
     from pipeline.model import inference_model, save_vae
     from pipeline.tracking import callbacks, logged_model
-    from pipeline.training import TrainingError, fit_vae, set_threads
+    from pipeline.training import TrainingError, fit_vae
 
     params = load_params()
-    thread_tags = set_threads(params.train.threads)
     splits = data.load_prepared(PREPARED)
     summary = json.loads(SUMMARY.read_text())
     train_images, val_images = splits["train"].images, splits["val"].images  # uint8 (n, 28, 28)
@@ -77,7 +77,7 @@ def main() -> None:
 
     config = config_id(params, summary["digest"])
     with runs.training_run(
-        params, config=config, data_digest=summary["digest"], resume_run_id=resume_run_id, tags=thread_tags
+        params, config=config, data_digest=summary["digest"], resume_run_id=resume_run_id, tags=TAGS
     ) as run:
         BACKUP.mkdir(parents=True, exist_ok=True)
         (BACKUP / "run.json").write_text(json.dumps({"key": key, "run_id": run.info.run_id}) + "\n")
@@ -138,4 +138,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, tensorflow=True)
+    run_stage(main, keras=True)

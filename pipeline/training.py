@@ -9,10 +9,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from pipeline.data import to_model_input
-from pipeline.model import VAE, active_units, batches, build_vae, kl_per_unit
+from pipeline.model import VAE, Batches, active_units, batches, build_vae, kl_per_unit
 from pipeline.params import Model, PipelineError, Train
 from pipeline.stage import STOPPED, interrupt_at_safe_points
 
@@ -125,12 +124,14 @@ class ResumeExactly(keras.callbacks.Callback):
     """A resumed fit goes on as an uninterrupted one would have: the same data order and the same
     sampling noise at every epoch, so a killed and resumed training gives the same numbers.
 
-    `batches` reshuffles on every pass over the data set, from its seed and the number of passes
-    begun so far, and a resumed fit's data set is new: before its first epoch, this begins the
-    passes of the epochs already done, which reads no data. Keras' `fit` begins two passes an
-    epoch on a data set of known length (one at the epoch's start, whose order the epoch uses,
-    and one at its end that the next epoch's start replaces), so that is what is made again;
-    the fault test checks that a resumed run's numbers equal an uninterrupted one's.
+    `Batches` (every backend but TensorFlow) draws each epoch's order from its number, which
+    this sets as the epoch begins. TensorFlow's `batches` reshuffles on every pass over the
+    data set, from its seed and the number of passes begun so far, and a resumed fit's data set
+    is new: before its first epoch, this begins the passes of the epochs already done, which
+    reads no data. Keras' `fit` begins two passes an epoch on a data set of known length (one at
+    the epoch's start, whose order the epoch uses, and one at its end that the next epoch's
+    start replaces), so that is what is made again; the fault test checks that a resumed run's
+    numbers equal an uninterrupted one's.
 
     The sampling layer's `SeedGenerator` state is not among the weights Keras' `BackupAndRestore`
     saves: this writes it to `state_dir/sampling.json` at each epoch's end, before the checkpoint
@@ -148,11 +149,14 @@ class ResumeExactly(keras.callbacks.Callback):
         return json.loads(self.path.read_text()) if self.path and self.path.is_file() else {}
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if isinstance(self.dataset, Batches):
+            self.dataset.epoch = epoch
         if self.started:
             return
         self.started = True  # `epoch` is the first this fit runs: after a resume, not 0
-        for _ in range(PASSES_PER_EPOCH * epoch):
-            iter(self.dataset)
+        if not isinstance(self.dataset, Batches):
+            for _ in range(PASSES_PER_EPOCH * epoch):
+                iter(self.dataset)
         if epoch and self.path is not None:
             self.model.sampling.seed_generator.state.assign(self._saved()[str(epoch - 1)])
 
@@ -211,17 +215,6 @@ def levers(train: Train) -> list[keras.callbacks.Callback]:
     return chosen
 
 
-def set_threads(threads: int) -> dict[str, str]:
-    """Size TensorFlow's thread pools (0: its default) before its first op; return the sizes as tags."""
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    return {
-        "tensorflow.intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads()),
-        "tensorflow.inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads()),
-    }
-
-
 def fit_vae(
     train_images: np.ndarray,
     val_images: np.ndarray,
@@ -242,7 +235,11 @@ def fit_vae(
     """
     with interrupt_at_safe_points():  # the stop's interrupt is raised at a batch's end, not mid-trace
         keras.utils.set_random_seed(seed)
-        tf.config.experimental.enable_op_determinism()  # same seed, same machine: same numbers
+        tensorflow = keras.backend.backend() == "tensorflow"
+        if tensorflow:
+            import tensorflow as tf
+
+            tf.config.experimental.enable_op_determinism()  # same seed, same machine: same numbers
         steps_per_epoch = math.ceil(len(train_images) / train.batch_size)
         vae = build_vae(
             model,
@@ -258,11 +255,11 @@ def fit_vae(
             chosen.insert(0, LearningRateInLogs())
         if active_threshold is not None:  # before `callbacks`, so that their logs hold its figures
             chosen.insert(0, LatentUse(val_images, active_threshold))
-        # Distributed here, as Keras would do it inside `fit`, so that `ResumeExactly` advances the
-        # very data set that `fit` iterates.
-        shuffled = tf.distribute.get_strategy().experimental_distribute_dataset(
-            batches(train_images, train.batch_size, shuffle_seed=seed)
-        )
+        shuffled = batches(train_images, train.batch_size, shuffle_seed=seed)
+        if tensorflow:
+            # Distributed here, as Keras would do it inside `fit`, so that `ResumeExactly`
+            # advances the very data set that `fit` iterates.
+            shuffled = tf.distribute.get_strategy().experimental_distribute_dataset(shuffled)
         history = vae.fit(
             shuffled,
             epochs=train.epochs,

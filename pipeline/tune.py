@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ruamel.yaml import YAML
 
+from pipeline.environment import visible_gpus
 from pipeline.params import (
     Dimension,
     Params,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 BEST_PARAMS = Path("sweep/best_params.yaml")
 # Available memory each `auto` worker needs: one adds about 0.9 GiB at its peak (bench/sweep_speed.py).
 WORKER_MEMORY = 2 * 2**30
+GPU_MEMORY = 0.9  # the share of a GPU's memory that the JAX workers on it divide among them
 SUMMARY = Path("sweep/summary.json")
 FRONT_TABLE = "pareto_front.json"  # the parent run's table of a two-objective study's front
 
@@ -126,13 +128,14 @@ def check_space(raw: dict[str, Any], space: dict[str, Dimension], trials: str = 
                 raise ParamsError(f"tune.space: {key} = {value} at the {trials}' budget: {error}") from None
 
 
-def plan(tune: Tune, trials_left: int) -> tuple[int, int]:
+def plan(tune: Tune, trials_left: int, gpus: int = 0) -> tuple[int, int]:
     """How many worker processes, and how many TensorFlow threads each (0: TensorFlow's default).
 
-    `auto` workers: one per core this process may use, as many as the available memory
-    holds, and no more than the trials left. One single-threaded worker per core beats
-    one worker with every core: this model is too small for TensorFlow to keep several
-    threads busy (bench/sweep_speed.py). `auto` threads share the cores out evenly.
+    `auto` workers: one per core this process may use, or where there are `gpus`,
+    `tune.trials_per_gpu` per GPU (one small trial leaves most of a GPU idle); as many as the
+    available memory holds, and no more than the trials left. On the CPU, one single-threaded
+    worker per core beats one worker with every core: this model is too small for TensorFlow to
+    keep several threads busy (bench/sweep_speed.py). `auto` threads share the cores out evenly.
     """
     import psutil
 
@@ -140,11 +143,30 @@ def plan(tune: Tune, trials_left: int) -> tuple[int, int]:
     workers = tune.workers
     if workers == "auto":
         fits = psutil.virtual_memory().available // WORKER_MEMORY
-        workers = max(1, min(cores, fits, trials_left))
+        slots = gpus * tune.trials_per_gpu if gpus else cores
+        workers = max(1, min(slots, fits, trials_left))
     threads = tune.threads
     if threads == "auto":
         threads = max(1, cores // workers)
     return workers, threads
+
+
+def placements(workers: int, threads: int, gpus: list[str]) -> list[dict[str, Any]]:
+    """Where each worker runs. Where there are `gpus` (CUDA device ids), worker i gets GPU i mod
+    their number and an equal share of its memory among the workers on it (JAX takes that
+    share; TensorFlow grows into what it needs). Otherwise, with `threads` set and enough cores,
+    cores of its own (JAX's threads follow them; TensorFlow's pools are sized by `threads`)."""
+    usable = sorted(os.sched_getaffinity(0))
+    placed: list[dict[str, Any]] = []
+    for i in range(workers):
+        if gpus:
+            sharing = len(range(i % len(gpus), workers, len(gpus)))
+            placed.append({"gpu": gpus[i % len(gpus)], "gpu_share": GPU_MEMORY / sharing})
+        elif threads and workers * threads <= len(usable):
+            placed.append({"cores": set(usable[i * threads : (i + 1) * threads])})
+        else:
+            placed.append({})
+    return placed
 
 
 def run_workers(
@@ -154,6 +176,7 @@ def run_workers(
     n_trials: int,
     workers: int,
     threads: int,
+    gpus: list[str],
     stop_timeout: float,
     parent_run_id: str,
 ) -> None:
@@ -179,7 +202,8 @@ def run_workers(
 
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     processes = [
-        context.Process(target=work, args=(raw, i, threads), name=f"tune-worker-{i}") for i in range(workers)
+        context.Process(target=work, args=(raw, i, threads, place), name=f"tune-worker-{i}")
+        for i, place in enumerate(placements(workers, threads, gpus))
     ]
     for process in processes:
         process.start()
@@ -313,9 +337,13 @@ def main(argv: list[str] | None = None) -> None:
 
     study, parent_run_id = studies.join_study(params)
     raw = with_overrides(raw, {"tune.study_name": study.study_name})  # the workers join the same one
-    workers, threads = plan(tune, tune.n_trials - studies.finished_count(study))
+    os.environ["KERAS_BACKEND"] = params.base.backend  # what the sweep's run records; the workers start it
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA's device ids in NVML's order
+    gpus = visible_gpus()
+    workers, threads = plan(tune, tune.n_trials - studies.finished_count(study), len(gpus))
+    on_gpus = f" on {len(gpus)} GPU{'s' * (len(gpus) > 1)}" if gpus else ""
     print(
-        f"tune: {workers} worker{'s' * (workers > 1)} on this machine, "
+        f"tune: {workers} worker{'s' * (workers > 1)} on this machine{on_gpus}, "
         f"{threads or 'default'} TensorFlow thread{'s' * (threads != 1)} each"
     )
     if tune.objective == "rate_distortion" and tune.pruner != "none":
@@ -327,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     confirm_seconds = None
     status = "FAILED"
-    options = {"workers": workers, "threads": threads, "stop_timeout": tune.stop_timeout}
+    options = {"workers": workers, "threads": threads, "gpus": gpus, "stop_timeout": tune.stop_timeout}
     try:
         run_workers(raw, study, n_trials=tune.n_trials, parent_run_id=parent_run_id, **options)
         if tune.confirm_top and tune.confirm_seeds and studies.finished_count(study) >= tune.n_trials:

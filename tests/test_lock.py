@@ -56,7 +56,7 @@ def test_the_environment_holds_exactly_the_locked_versions():
         dist.metadata["Name"].lower().replace("_", "-").replace(".", "-"): dist.version
         for dist in importlib.metadata.distributions()
     }
-    for package in ("tensorflow", "keras", "mlflow", "dvc", "optuna", "numpy", "pytest", "playwright"):
+    for package in ("tensorflow", "jax", "keras", "mlflow", "dvc", "optuna", "numpy", "pytest", "playwright"):
         assert installed[package] in locked[package], package
     differ = {
         name: (version, locked[name])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import sys
 import warnings
 from typing import Any
@@ -14,9 +15,8 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from pipeline import configuration
+from pipeline import backend, configuration
 from pipeline.params import Data, Dimension, Tune, parse_params, with_overrides
-from pipeline.quiet import start_tensorflow
 from pipeline.search.best import DIVERGED, REPLICATE_OF, SEED, duplicate_of
 from pipeline.search.storage import open_storage
 from pipeline.search.study import FINISHED, PARENT_RUN_ATTR, finished_count, sampler_seed
@@ -148,28 +148,35 @@ class _NoInterruptTraceback(logging.Filter):
         return True
 
 
-def work(raw: dict[str, Any], worker: int, threads: int) -> None:
-    """One worker process: run trials until the study holds `n_trials` finished ones.
+def work(raw: dict[str, Any], worker: int, threads: int, place: dict[str, Any]) -> None:
+    """One worker process: run trials until the study holds `n_trials` finished ones, on the
+    GPU or cores of `place` (`tune.placements`).
 
     Stopped (SIGTERM, from the launcher or a `kill` of the process group), it ends its trial
     FAILED and exits with status 130 and one line: no traceback to fill a pipe or a console.
     """
     catch_sigterm()  # the launcher stops workers with SIGTERM
     try:
-        _work(raw, worker, threads)
+        _work(raw, worker, threads, place)
     except KeyboardInterrupt:
         print(f"tune: worker {worker} stopped", file=sys.stderr)
         raise SystemExit(130) from None
 
 
-def _work(raw: dict[str, Any], worker: int, threads: int) -> None:
-    start_tensorflow()  # quietly: a worker process is a runner of its own
-    from pipeline.training import TrainingError, set_threads
-
-    tags = set_threads(threads)  # before TensorFlow's first op, which fixes its pools
+def _work(raw: dict[str, Any], worker: int, threads: int, place: dict[str, Any]) -> None:
+    params = parse_params(raw)
+    if "gpu" in place:
+        os.environ["CUDA_VISIBLE_DEVICES"] = place["gpu"]
+    # A worker process is a runner of its own: it starts Keras' backend before importing Keras.
+    tags = backend.start(
+        params.base.backend,
+        threads=threads,
+        cores=place.get("cores") if params.base.backend == "jax" else None,
+        gpu_share=place.get("gpu_share"),
+    )
+    from pipeline.training import TrainingError
 
     logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptTraceback())
-    params = parse_params(raw)
     tune = params.tune
     study = optuna.load_study(
         study_name=tune.study_name,
