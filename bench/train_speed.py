@@ -11,8 +11,7 @@ in a scratch copy of the project, default `params.yaml` but for `--epochs`/`--tr
   with default settings, batch 100;
 - `stage`: `python -m pipeline.train` itself, MLflow logging on;
 - `untracked`: the stage's training (`fit_vae` with its checkpoint callbacks), MLflow off;
-- `jax`: the same on Keras' JAX backend (the `jax` extra; on a GPU where JAX finds one). It needs
-  no TensorFlow, so `--variants jax` runs where JAX alone is installed.
+- `jax`: the same on Keras' JAX backend (the `jax` extra; on a GPU where JAX finds one).
 
 The variants run in turn, `--rounds` times. The marginal time per epoch is the median
 interval between epoch ends after each run's first, so start-up and the first epoch's

@@ -39,6 +39,7 @@ def start(name: str, *, threads: int = 0, cores: set[int] | None = None, gpu_sha
             f"base.backend is {name}, but this process has already started Keras on {started}"
         )
     os.environ["KERAS_BACKEND"] = name
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA's device ids in NVML's order
     if cores:
         os.sched_setaffinity(0, cores)
     if name == "tensorflow":
@@ -70,6 +71,9 @@ def _start_jax(gpu_share: float | None) -> dict[str, str]:
         _start_tensorflow(0)
     if gpu_share is not None:
         os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{gpu_share:.3f}"
+    # On a GPU, the same seed gives the same numbers and a resumed training those of one never
+    # stopped only with XLA's deterministic kernels (TensorFlow's op determinism, for JAX).
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()
     try:
         import jax
     except ImportError:

@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 from pipeline.params import read_yaml
@@ -56,13 +57,26 @@ def gpu_names() -> list[str]:
         pynvml.nvmlShutdown()
 
 
+def keras_backend() -> str:
+    """The backend Keras runs on in this process, or will start on (`KERAS_BACKEND`, as
+    `pipeline.backend.start` sets it from `base.backend`)."""
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        return keras.backend.backend()
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
 def visible_gpus() -> list[str]:
-    """The CUDA ids of the NVIDIA GPUs this process may use: those CUDA_VISIBLE_DEVICES names
-    where it is set, else every GPU NVML finds (none without the `gpu` or `jax-cuda` extra)."""
+    """The CUDA ids of the NVIDIA GPUs this process may use: of those NVML finds (none without
+    the `gpu` or `jax-cuda` extra, or without a driver), the ones CUDA_VISIBLE_DEVICES names
+    where it is set, else all."""
+    found = len(gpu_names())
+    if not found:
+        return []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [device.strip() for device in visible.split(",") if device.strip() not in ("", "-1")]
-    return [str(i) for i in range(len(gpu_names()))]
+    if visible is None:
+        return [str(i) for i in range(found)]
+    return [device.strip() for device in visible.split(",") if device.strip() not in ("", "-1")]
 
 
 def file_sha256(path: Path) -> str:
@@ -76,7 +90,7 @@ def environment_tags(lock: Path = LOCK) -> dict[str, str]:
 
     tags = {
         "python": platform.python_version(),
-        "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "keras_backend": keras_backend(),
     }
     for package in PACKAGES:
         try:

@@ -20,7 +20,12 @@ from pipeline.stats import ALPHA, CHOOSING, REPORTING, spread, uncertainty, verd
 from pipeline.tracking import queries, registry, runs, store
 
 REDRAWN = "loss_curves.png"  # each run's own loss curves: the report draws them anew, overlaid
-THREADS = "train.threads"  # not in the configuration id: a mix is named (docs/results.md, threads)
+# Not in the configuration id, as they change how the numbers are computed: a mix is named
+# (docs/results.md, the thread count; docs/gpu.md).
+HOW_COMPUTED = {
+    "train.threads": "rounds differently as another seed would",
+    "base.backend": "draws other random streams and rounds differently",
+}
 PER_CLASS = "reconstruction_by_class/"  # ten rows, folded away under the main metrics
 SUMMARY = (
     "val_loss",
@@ -256,12 +261,13 @@ def summary_lines(groups: list[Group], *, chosen: bool = False) -> list[str]:
                 f"{group.name} [{group.config[:12]}]: its runs come from {len(codes)} versions of the code "
                 f"that shapes the numbers ({', '.join(codes)}), so its spread includes their difference"
             )
-        threads = sorted({run.params[THREADS] for run in group.runs if THREADS in run.params})
-        if len(threads) > 1:
-            lines.append(
-                f"{group.name} [{group.config[:12]}]: its runs mix {THREADS} ({', '.join(threads)}), which "
-                "rounds differently as another seed would, so its spread includes that too"
-            )
+        for key, how in HOW_COMPUTED.items():
+            values = sorted({run.params[key] for run in group.runs if key in run.params})
+            if len(values) > 1:
+                lines.append(
+                    f"{group.name} [{group.config[:12]}]: its runs mix {key} ({', '.join(values)}), which "
+                    f"{how}, so its spread includes that too"
+                )
     keys = sorted({key for group in groups for run in group.runs for key in run.metrics})
     decided = verdicts(keys, groups, REPORTING if chosen else CHOOSING)
     if chosen:

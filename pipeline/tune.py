@@ -143,7 +143,7 @@ def plan(tune: Tune, trials_left: int, gpus: int = 0) -> tuple[int, int]:
     workers = tune.workers
     if workers == "auto":
         fits = psutil.virtual_memory().available // WORKER_MEMORY
-        slots = gpus * tune.trials_per_gpu if gpus else cores
+        slots = min(gpus * tune.trials_per_gpu, cores) if gpus else cores  # each worker needs a core
         workers = max(1, min(slots, fits, trials_left))
     threads = tune.threads
     if threads == "auto":
@@ -335,17 +335,19 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.search import study as studies
     from pipeline.tracking import store, sweep_runs
 
-    study, parent_run_id = studies.join_study(params)
-    raw = with_overrides(raw, {"tune.study_name": study.study_name})  # the workers join the same one
     os.environ["KERAS_BACKEND"] = params.base.backend  # what the sweep's run records; the workers start it
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA's device ids in NVML's order
+    study, parent_run_id = studies.join_study(params)
+    raw = with_overrides(raw, {"tune.study_name": study.study_name})  # the workers join the same one
     gpus = visible_gpus()
     workers, threads = plan(tune, tune.n_trials - studies.finished_count(study), len(gpus))
     on_gpus = f" on {len(gpus)} GPU{'s' * (len(gpus) > 1)}" if gpus else ""
-    print(
-        f"tune: {workers} worker{'s' * (workers > 1)} on this machine{on_gpus}, "
+    each = (
         f"{threads or 'default'} TensorFlow thread{'s' * (threads != 1)} each"
+        if params.base.backend == "tensorflow"
+        else "Keras on JAX"
     )
+    print(f"tune: {workers} worker{'s' * (workers > 1)} on this machine{on_gpus}, {each}")
     if tune.objective == "rate_distortion" and tune.pruner != "none":
         print(
             "tune: two objectives, so no pruning: Optuna prunes single-objective studies only "

@@ -14,18 +14,23 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 
 from pipeline import data
 from pipeline.history import read_history
+from pipeline.model import Batches
 from pipeline.params import ParamsError, Tune, load_params, parse_params
 from pipeline.tracking.store import default_store_uri
-from pipeline.tune import placements, plan
+from pipeline.tune import WORKER_MEMORY, placements, plan
 from tests.helpers import ROOT, SMALL, config_of, make_repo, run, run_env, store
 
 # Relative: the negative ELBO is a sum of 784 pixels' terms, rounded apart by each backend's
 # kernels (measured: 2e-7 on a 2-core AMD EPYC).
 PARITY_RTOL = 1e-5
+# An SGD step's change to a weight tensor, against the tensor's largest change: the float32
+# subtraction of the weights before and after rounds at about 2e-4 of it (measured).
+STEP_RTOL = 1e-3
 
 
 def numbers_on(backend: str, weights: Path, inputs: Path, out: Path) -> dict[str, np.ndarray]:
@@ -50,11 +55,37 @@ def test_same_weights_data_and_noise_give_the_same_negative_elbo_on_both_backend
     np.testing.assert_allclose(jax["elbo"], tf["elbo"], rtol=PARITY_RTOL)
     for name in ("objective", "loss", "logged_objective"):
         np.testing.assert_allclose(jax[name], tf[name], rtol=PARITY_RTOL, err_msg=name)
-    assert jax["kl_steps"] == tf["kl_steps"] == 5  # the warm-up's clock advanced by the training step
+    assert jax["kl_steps"] == tf["kl_steps"] == 5  # `compute_loss` in training advanced the warm-up's clock
     # The objective (free bits, a part-way warm-up) differs from the negative ELBO by far more
     # than the tolerance, so a backend that dropped a lever would fail above.
     assert abs(tf["objective"] - tf["loss"]) > 100 * PARITY_RTOL * tf["loss"]
     np.testing.assert_allclose(tf["loss"], tf["elbo"].mean(), rtol=PARITY_RTOL)
+
+    # Through Keras' own compiled steps: the noise moves on at every step, and one SGD step with
+    # the same noise changes every weight alike (the gradients agree, not only the loss).
+    assert jax["noise_moved"] and tf["noise_moved"]
+    deltas = sorted(name for name in tf if name.startswith("delta_"))
+    assert len(deltas) == 18  # every weight tensor of the encoder and decoder
+    for name in deltas:
+        largest = np.abs(tf[name]).max()
+        assert largest > 0, name
+        np.testing.assert_allclose(jax[name], tf[name], rtol=0, atol=STEP_RTOL * largest, err_msg=name)
+
+
+def test_batches_for_other_backends_hold_every_image_once_in_an_order_drawn_from_seed_and_epoch():
+    images = np.arange(10 * 28 * 28, dtype=np.uint32).reshape(10, 28, 28).astype(np.uint8)
+    in_order = np.concatenate([Batches(images, 4)[i] for i in range(len(Batches(images, 4)))])
+    np.testing.assert_array_equal(in_order, data.to_model_input(images))
+
+    def epoch(number: int, seed: int = 1) -> np.ndarray:
+        batches = Batches(images, 4, shuffle_seed=seed)
+        batches.epoch = number
+        return np.concatenate([batches[i] for i in range(len(batches))])
+
+    first = epoch(0)
+    assert sorted(first[:, 0, 0, 0].tolist()) == sorted(in_order[:, 0, 0, 0].tolist())  # each image once
+    np.testing.assert_array_equal(first, epoch(0))  # a resumed epoch: the same order
+    assert not np.array_equal(first, epoch(1)) and not np.array_equal(first, epoch(0, seed=2))
 
 
 def test_the_backend_is_a_setting_checked_before_any_work():
@@ -67,10 +98,13 @@ def test_the_backend_is_a_setting_checked_before_any_work():
 
 def test_a_sweep_counts_gpus_and_gives_each_worker_one():
     usable = len(os.sched_getaffinity(0))
+    fits = psutil.virtual_memory().available // WORKER_MEMORY
     tune = Tune(trials_per_gpu=3)
-    assert plan(tune, trials_left=100, gpus=0)[0] == max(1, usable)  # no GPU: one per core (memory allowing)
-    assert plan(tune, trials_left=100, gpus=2)[0] == 6
-    assert plan(tune, trials_left=4, gpus=2)[0] == 4
+    assert plan(tune, trials_left=100, gpus=0)[0] == max(1, min(usable, fits))  # no GPU: one per core
+    # Three per GPU, as many as the cores and the memory allow.
+    assert plan(tune, trials_left=100, gpus=1)[0] == max(1, min(3, usable, fits))
+    assert plan(Tune(trials_per_gpu=1), trials_left=100, gpus=1)[0] == 1
+    assert plan(tune, trials_left=1, gpus=2)[0] == 1
     placed = placements(5, 1, ["0", "1"])
     assert [p["gpu"] for p in placed] == ["0", "1", "0", "1", "0"]
     # GPU 0 holds three workers and GPU 1 two: each JAX worker takes its share of its GPU's memory.
@@ -82,8 +116,9 @@ def test_a_sweep_counts_gpus_and_gives_each_worker_one():
     assert placements(2, 0, []) == [{}, {}]  # threads left to the backend: cores left to it too
 
 
-# On JAX: the lever whose state is new to this backend (the warm-up's clock), a schedule and early
-# stopping, whose state must survive a kill.
+# On JAX: the lever whose state is new to this backend (the warm-up's clock, over three of the
+# four epochs, so that a kill after two lands inside it), a schedule and early stopping, whose
+# state must survive a kill.
 ON_JAX = {
     **SMALL,
     "base": {"backend": "jax"},
@@ -92,7 +127,7 @@ ON_JAX = {
         "schedule": "cosine",
         "warmup_epochs": 1,
         "early_stopping": 3,
-        "kl_warmup_epochs": 2,
+        "kl_warmup_epochs": 3,
         "free_bits": 0.1,
     },
 }
@@ -123,7 +158,7 @@ def test_dvc_repro_on_jax_records_its_backend_and_its_model_loads_on_tensorflow(
     history = read_history(on_jax / "plots/history.csv")
     assert "objective" in history and "val_objective" not in history
     # The warm-up's clock runs inside the compiled step: the KL counts less than in the negative
-    # ELBO at first, and in full once the two warm-up epochs are done (every unit's KL then
+    # ELBO at first, and in full once the three warm-up epochs are done (every unit's KL then
     # above the free bits, so the objective is the negative ELBO). A clock stuck at 0 would
     # leave the objective at the reconstruction term, 12 nats lower.
     assert history["objective"][0] < history["loss"][0]

@@ -15,6 +15,7 @@ OTHER_DATA = "b" * 64
 PAIRS = [
     ({}, {"train.seed": 7}, True),  # replicates
     ({}, {"train.threads": 1}, True),
+    ({}, {"base.backend": "jax"}, True),  # how the numbers are computed, as the thread count
     ({}, {"train.steps_per_execution": 7}, True),
     ({}, {"data.source": "/usr/share/datasets/fashion-mnist"}, True),  # the digest says what it holds
     ({}, {"data.url": "http://example.org/"}, True),

@@ -66,6 +66,18 @@ def test_the_environment_holds_exactly_the_locked_versions():
     assert differ == {}, f"installed (left) differs from uv.lock (right): {differ}"
 
 
+def test_jax_comes_only_with_its_extras_so_the_default_install_does_not_grow():
+    (project,) = (
+        p
+        for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]
+        if "editable" in p.get("source", {})
+    )
+    assert not any(d["name"].startswith("jax") for d in project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert {d["name"] for d in extras["jax"]} == {"jax"}
+    assert {d["name"] for d in extras["jax-cuda"]} == {"jax", "nvidia-ml-py"}
+
+
 def test_the_environment_holds_compiled_bytecode():
     """setup.sh compiles every installed module once, so that a stage's imports read bytecode
     even where Python may not write it (PYTHONDONTWRITEBYTECODE set)."""

@@ -262,7 +262,7 @@ def test_the_test_losss_error_combines_the_seeds_and_the_images():
     assert f"{240 - half:.2f}..{240 + half:.2f}" in html
 
 
-def test_a_configuration_whose_runs_mix_thread_counts_says_so():
+def test_a_configuration_whose_runs_mix_thread_counts_or_backends_says_so():
     runs = [
         view("a", 2, 263.0),
         view("a", 2, 264.0, seed=1),
@@ -276,6 +276,11 @@ def test_a_configuration_whose_runs_mix_thread_counts_says_so():
         lines
     )
     assert not any("model.latent_dim 16 [" in line and "mix train.threads" in line for line in lines)
+    runs[2].params["base.backend"], runs[3].params["base.backend"] = "tensorflow", "jax"
+    lines = summary_lines(group_runs(runs))
+    assert "model.latent_dim 16 [config-16]: its runs mix base.backend (jax, tensorflow), which draws" in (
+        "\n".join(lines)
+    )
 
 
 def on_plane(
