@@ -24,7 +24,9 @@ TAGS: dict[str, str] = {}  # what `start` returned in this process, for its runs
 JAX_EXTRA = "SETUP_EXTRAS=jax bash scripts/setup.sh (jax-cuda on an NVIDIA GPU)"
 
 
-def start(name: str, *, threads: int = 0, cores: set[int] | None = None, gpu_share: float | None = None):
+def start(
+    name: str, *, threads: int = 0, cores: set[int] | None = None, gpu_share: float | None = None
+) -> dict[str, str]:
     """Start Keras' backend `name`; return what a run records of it, as tags.
 
     `threads` sizes TensorFlow's thread pools (0: its default). JAX has no such setting: its

@@ -96,6 +96,17 @@ def test_the_backend_is_a_setting_checked_before_any_work():
         parse_params({"tune": {"space": {"base.backend": {"choices": ["tensorflow", "jax"]}}}})
 
 
+def test_jax_missing_is_named_with_the_extra_that_installs_it():
+    probe = "import sys\nsys.modules['jax'] = None  # as where the extra is not installed\n" + (
+        "from pipeline.backend import start\nstart('jax')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=run_env(), cwd=ROOT
+    )
+    assert result.returncode != 0
+    assert "base.backend: jax is not installed here; install it with SETUP_EXTRAS=jax" in result.stderr
+
+
 def test_a_sweep_counts_gpus_and_gives_each_worker_one():
     usable = len(os.sched_getaffinity(0))
     fits = psutil.virtual_memory().available // WORKER_MEMORY
