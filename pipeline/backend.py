@@ -35,8 +35,8 @@ def start(
     """
     if name not in BACKENDS:
         raise PipelineError(f"base.backend: {name!r} is not one of {', '.join(BACKENDS)}")
-    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != name:
-        started = sys.modules["keras"].backend.backend()
+    started = sys.modules["keras"].backend.backend() if "keras" in sys.modules else name
+    if started != name:
         raise PipelineError(
             f"base.backend is {name}, but this process has already started Keras on {started}"
         )
@@ -68,7 +68,8 @@ def _start_tensorflow(threads: int) -> dict[str, str]:
 def _start_jax(gpu_share: float | None) -> dict[str, str]:
     # Keras and MLflow import TensorFlow wherever it is installed (Keras to seed it and to save a
     # model, MLflow to read a metric's value), so it starts here first, quietly and growing its
-    # GPU memory. Where it is not installed (a GPU machine with JAX alone), nothing needs it.
+    # GPU memory. Where it is not installed, training runs without it (`bench/train_speed.py
+    # --variants jax`), though the stages log their model for a TensorFlow environment.
     if importlib.util.find_spec("tensorflow") is not None:
         _start_tensorflow(0)
     if gpu_share is not None:

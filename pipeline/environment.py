@@ -70,7 +70,11 @@ def visible_gpus() -> list[str]:
     """The CUDA ids of the NVIDIA GPUs this process may use: of those NVML finds (none without
     the `gpu` or `jax-cuda` extra, or without a driver), the ones CUDA_VISIBLE_DEVICES names
     where it is set, else all."""
-    found = len(gpu_names())
+    return _visible_of(len(gpu_names()))
+
+
+def _visible_of(found: int) -> list[str]:
+    """`visible_gpus` where NVML found `found` GPUs."""
     if not found:
         return []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -100,10 +104,8 @@ def environment_tags(lock: Path = LOCK) -> dict[str, str]:
     cpu = cpu_info()
     names = gpu_names()
     # The GPUs this process may use, by the ids CUDA_VISIBLE_DEVICES gives (in PCI order, which
-    # `tune` sets for its workers); the machine's others are not its.
-    gpus = (
-        [names[int(i)] if i.isdigit() and int(i) < len(names) else i for i in visible_gpus()] if names else []
-    )
+    # `backend.start` sets); the machine's others are not its.
+    gpus = [names[int(i)] if i.isdigit() and int(i) < len(names) else i for i in _visible_of(len(names))]
     tags.update(
         {
             "lock_sha256": file_sha256(lock) if lock.is_file() else f"no {lock}",

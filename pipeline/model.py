@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from pipeline.data import to_model_input
 from pipeline.params import IMAGE_SIDE, Model, Train
 
 OPTIMIZERS = {
@@ -299,7 +300,7 @@ class Batches(keras.utils.PyDataset):
         rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
         if self.shuffle_seed is not None:
             rows = self.order()[rows]
-        return self.images[rows].astype(np.float32)[..., None] / 255.0  # as data.to_model_input
+        return to_model_input(self.images[rows])
 
 
 def batches(images: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None):
